@@ -1,0 +1,40 @@
+"""Image items and batches that carry the category of every image.
+
+anomalib's :class:`~anomalib.data.dataclasses.torch.ImageItem` and ``ImageBatch`` have no class
+label; multi-class models need one in training (class-aware losses) and evaluation needs one to
+report per-category metrics. These subclasses add it without changing anything else, so every
+anomalib component that accepts an ``ImageBatch`` accepts these too.
+"""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from anomalib.data.dataclasses.torch import ImageBatch, ImageItem
+
+
+@dataclass
+class MultiClassImageItem(ImageItem):
+    """One image with its category name and the integer index of that category.
+
+    ``image_view`` is an optional second, independently augmented view of the same image,
+    produced only in training when the model asks for one (see ``MultiClassMixin.train_view_transform``).
+    ``pred_class`` is filled by models that predict the category.
+    """
+
+    category: str | None = None
+    class_index: torch.Tensor | None = None
+    image_view: torch.Tensor | None = None
+    pred_class: torch.Tensor | None = None
+
+
+@dataclass
+class MultiClassImageBatch(ImageBatch):
+    """A batch of :class:`MultiClassImageItem`: ``category`` is a list, ``class_index`` shape ``(B,)``."""
+
+    item_class: ClassVar[type[MultiClassImageItem]] = MultiClassImageItem
+
+    category: list[str] | None = None
+    class_index: torch.Tensor | None = None
+    image_view: torch.Tensor | None = None
+    pred_class: torch.Tensor | None = None

@@ -1,0 +1,7 @@
+"""Multi-class anomaly detection models, each a real anomalib ``AnomalibModule``.
+
+Importing this module defines the classes, which is what lets anomalib find them by name
+(``anomalib train --model UniAD``, ``get_model("uniad")``).
+"""
+
+__all__: list[str] = []

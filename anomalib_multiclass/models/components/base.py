@@ -1,0 +1,108 @@
+"""What every multi-class model of this package shares on top of ``AnomalibModule``.
+
+anomalib finds models by walking ``AnomalibModule.__subclasses__()`` (direct subclasses only), so
+our models subclass ``AnomalibModule`` directly and take the multi-class behaviour from this
+mixin: ``class UniAD(MultiClassMixin, AnomalibModule)``.
+
+The mixin
+- keeps the ordered category names the model was trained on (``category_names``), read from the
+  datamodule at fit time, saved in the checkpoint and checked again at test/predict time, so a
+  model trained on 15 categories never silently remaps them;
+- lets a model ask the datamodule for a second augmented view of each training image
+  (``train_view_transform``), which arrives as ``batch.image_view``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+
+if TYPE_CHECKING:
+    from torchvision.transforms.v2 import Transform
+
+CATEGORY_NAMES_KEY = "anomalib_multiclass_category_names"
+
+
+class MultiClassInferenceBatch(NamedTuple):
+    """``anomalib``'s ``InferenceBatch`` plus the predicted category index (models that predict it).
+
+    Field order matches ``InferenceBatch`` so positional use stays compatible; ``pred_class`` is
+    ``None`` for models without a classifier and then is not an export output.
+    """
+
+    pred_score: torch.Tensor | None = None
+    pred_label: torch.Tensor | None = None
+    anomaly_map: torch.Tensor | None = None
+    pred_mask: torch.Tensor | None = None
+    pred_class: torch.Tensor | None = None
+
+
+class CategoryMismatchError(ValueError):
+    """The data's categories differ from the ones the model was trained on."""
+
+
+class MultiClassMixin:
+    """Multi-class behaviour for an ``AnomalibModule`` (put it first in the bases)."""
+
+    category_names: list[str] | None = None
+
+    @property
+    def train_view_transform(self) -> Transform | None:
+        """Transform that builds ``batch.image_view`` from each raw training image; ``None`` = no view."""
+        return None
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of categories the model was trained on, if known."""
+        return None if self.category_names is None else len(self.category_names)
+
+    def _datamodule_category_names(self) -> list[str] | None:
+        trainer = getattr(self, "_trainer", None)
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        names = getattr(datamodule, "category_names", None)
+        return list(names) if names is not None else None
+
+    def setup(self, stage: str) -> None:
+        """Take the category map from the datamodule at fit time; check it at any other stage."""
+        names = self._datamodule_category_names()
+        if names is not None:
+            if self.category_names is None:
+                self.category_names = names
+            else:
+                check_category_names(self.category_names, names)
+        super().setup(stage)  # type: ignore[misc]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the category map with the weights."""
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        checkpoint[CATEGORY_NAMES_KEY] = self.category_names
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the category map saved with the weights; later data is checked against it."""
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        names = checkpoint.get(CATEGORY_NAMES_KEY)
+        if names is not None:
+            self.category_names = list(names)
+
+
+def check_category_names(trained: list[str], given: list[str]) -> None:
+    """Raise a clear error unless ``given`` uses the trained categories with the same indices.
+
+    A subset of the trained categories, in the trained order, is accepted as long as the datamodule
+    maps each name to the trained index; anything else is a mismatch.
+    """
+    if given == trained:
+        return
+    unknown = [name for name in given if name not in trained]
+    if unknown:
+        msg = (
+            f"Categories {unknown} were not seen in training. The model was trained on {trained}. "
+            "Test on those categories, or retrain with them."
+        )
+        raise CategoryMismatchError(msg)
+    msg = (
+        f"The datamodule numbers its categories {given}, the model was trained with {trained}. "
+        "Pass `category_names` (the trained order) to the datamodule so class indices keep their meaning."
+    )
+    raise CategoryMismatchError(msg)
