@@ -1,0 +1,285 @@
+"""Class-aware multi-category datamodules built on anomalib's single-category ones.
+
+anomalib 2.7's datamodules take one ``category``. Rather than re-implementing each dataset, a
+multi-class datamodule here asks anomalib's own datamodule of each category for its sample table
+(so downloads, VisA's split preparation, Real-IAD's JSON parsing and BTech's layout stay anomalib's),
+concatenates them with a ``category`` column, and serves :class:`MultiClassImageBatch`es whose
+``class_index`` follows one fixed ``category_names`` order.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from anomalib import TaskType
+from anomalib.data.datamodules.base.image import AnomalibDataModule
+from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode
+from anomalib.data.utils.split import random_split
+from torchvision.transforms.v2 import Compose, Resize, Transform
+
+from anomalib_multiclass.data.dataset import MultiClassDataset, verify_images
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownCategoryError(ValueError):
+    """A requested category is not part of the dataset."""
+
+
+class EmptyCategoryError(ValueError):
+    """A category has no training images."""
+
+
+def check_category_names(trained: Sequence[str], given: Sequence[str]) -> None:
+    """Raise unless ``given`` numbers the categories exactly as the model was trained (``trained``)."""
+    from anomalib_multiclass.models.components.base import check_category_names as _check
+
+    _check(list(trained), list(given))
+
+
+class MultiClassDataModule(AnomalibDataModule):
+    """Base of the multi-category datamodules: several categories, one class-index space.
+
+    Args:
+        categories: Categories to use; ``None`` means all of ``available_categories()``.
+        category_names: The name -> index order. Default: ``categories`` in the order given (sorted when
+            all categories are used). Pass a trained model's order at inference to keep its indices.
+        train_view_transform: Optional transform producing ``batch.image_view`` in training (a second
+            augmented view). If ``None``, the model's ``train_view_transform`` is used when it has one.
+        verify: Decode every image and mask at setup and fail on the first bad file (slower, thorough).
+        The other arguments are anomalib's ``AnomalibDataModule`` arguments.
+    """
+
+    def __init__(
+        self,
+        categories: Sequence[str] | None = None,
+        category_names: Sequence[str] | None = None,
+        train_batch_size: int = 32,
+        eval_batch_size: int = 32,
+        num_workers: int = 8,
+        train_augmentations: Transform | None = None,
+        val_augmentations: Transform | None = None,
+        test_augmentations: Transform | None = None,
+        augmentations: Transform | None = None,
+        test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
+        test_split_ratio: float = 0.2,
+        val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
+        val_split_ratio: float = 0.5,
+        seed: int | None = None,
+        train_view_transform: Transform | None = None,
+        verify: bool = False,
+    ) -> None:
+        super().__init__(
+            train_batch_size=train_batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            train_augmentations=train_augmentations,
+            val_augmentations=val_augmentations,
+            test_augmentations=test_augmentations,
+            augmentations=augmentations,
+            test_split_mode=test_split_mode,
+            test_split_ratio=test_split_ratio,
+            val_split_mode=val_split_mode,
+            val_split_ratio=val_split_ratio,
+            seed=seed,
+        )
+        self._requested_categories = list(categories) if categories is not None else None
+        self._requested_names = list(category_names) if category_names is not None else None
+        self.train_view_transform = train_view_transform
+        self.verify = verify
+        self._categories: list[str] | None = None
+        self._category_names: list[str] | None = None
+
+    # --- what a concrete dataset provides -------------------------------------------------------
+    @abstractmethod
+    def available_categories(self) -> list[str]:
+        """All categories of the dataset (for folder datasets: the sub-folders found on disk)."""
+
+    @abstractmethod
+    def category_datamodule(self, category: str) -> AnomalibDataModule:
+        """anomalib's single-category datamodule for ``category`` (its prepare/setup are reused)."""
+
+    # --- categories ------------------------------------------------------------------------------
+    @property
+    def categories(self) -> list[str]:
+        """The categories this datamodule loads, validated against the dataset."""
+        if self._categories is None:
+            available = self.available_categories()
+            if self._requested_categories is None:
+                if not available:
+                    msg = f"{self.name}: no categories found. Check the dataset root."
+                    raise EmptyCategoryError(msg)
+                self._categories = sorted(available)
+            else:
+                unknown = [c for c in self._requested_categories if c not in available]
+                if unknown:
+                    msg = (
+                        f"{self.name}: unknown categor{'y' if len(unknown) == 1 else 'ies'} {unknown}. "
+                        f"Available: {sorted(available)}."
+                    )
+                    raise UnknownCategoryError(msg)
+                self._categories = list(dict.fromkeys(self._requested_categories))
+        return self._categories
+
+    @property
+    def category_names(self) -> list[str]:
+        """Ordered category names: ``category_names[class_index]`` is the category of that index."""
+        if self._category_names is None:
+            if self._requested_names is not None:
+                missing = [c for c in self.categories if c not in self._requested_names]
+                if missing:
+                    msg = (
+                        f"{self.name}: categories {missing} are not in the given category_names "
+                        f"{self._requested_names}. Add them or drop them from `categories`."
+                    )
+                    raise UnknownCategoryError(msg)
+                self._category_names = list(self._requested_names)
+            else:
+                self._category_names = list(self.categories)
+        return self._category_names
+
+    @property
+    def category(self) -> str:
+        """anomalib reads ``datamodule.category`` for result paths: all categories joined."""
+        return "+".join(self.categories) if self._categories or self._requested_categories else "all"
+
+    @category.setter
+    def category(self, category: str) -> None:
+        del category  # a multi-class datamodule has no single category
+
+    # --- anomalib hooks --------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Let anomalib download / prepare each category (real download code, not reachable offline)."""
+        for category in self.categories:
+            self.category_datamodule(category).prepare_data()
+
+    def category_samples(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Train and test sample tables of all categories, with a ``category`` column."""
+        train_frames, test_frames = [], []
+        for category in self.categories:
+            datamodule = self.category_datamodule(category)
+            try:
+                datamodule._setup()  # noqa: SLF001 - anomalib's own per-category sample parsing
+            except RuntimeError as error:
+                msg = f"{self.name}: could not read category {category!r}: {error}"
+                raise EmptyCategoryError(msg) from error
+            train = datamodule.train_data.samples.copy()
+            test = datamodule.test_data.samples.copy()
+            train = train[train["split"] == Split.TRAIN.value] if "split" in train else train
+            if len(train) == 0 or not (train["label_index"] == LabelName.NORMAL).any():
+                msg = (
+                    f"{self.name}: category {category!r} has no normal training images. "
+                    "Put normal images in its train/good folder."
+                )
+                raise EmptyCategoryError(msg)
+            train["category"] = category
+            test["category"] = category
+            train_frames.append(train)
+            test_frames.append(test)
+        return pd.concat(train_frames, ignore_index=True), pd.concat(test_frames, ignore_index=True)
+
+    def _task(self, test: pd.DataFrame) -> TaskType:
+        anomalous = test[test["label_index"] == LabelName.ABNORMAL]
+        has_masks = "mask_path" in anomalous and anomalous["mask_path"].map(lambda p: isinstance(p, str) and bool(p))
+        if len(anomalous) and bool(has_masks.all()):
+            return TaskType.SEGMENTATION
+        if len(anomalous) and bool(has_masks.any()):
+            missing = anomalous.loc[~has_masks, "image_path"].tolist()
+            msg = (
+                f"{self.name}: {len(missing)} anomalous test image(s) have no mask, e.g. {missing[0]}. "
+                "Add the masks, or remove those images; without any masks the data is used for image-level "
+                "metrics only."
+            )
+            raise ValueError(msg)
+        return TaskType.CLASSIFICATION if len(anomalous) else TaskType.SEGMENTATION
+
+    def _setup(self, _stage: str | None = None) -> None:
+        train, test = self.category_samples()
+        if self.verify:
+            verify_images(pd.concat([train, test], ignore_index=True))
+        task = self._task(test)
+        names = self.category_names
+        self.train_data = MultiClassDataset(train, names, task=task)
+        self.test_data = MultiClassDataset(test, names, task=task)
+
+    def _create_val_split(self) -> None:
+        """anomalib's split, but per category so that every category gets validation images."""
+        if self.val_split_mode not in {ValSplitMode.FROM_TEST, ValSplitMode.FROM_TRAIN}:
+            super()._create_val_split()
+            return
+        source_name = "test_data" if self.val_split_mode == ValSplitMode.FROM_TEST else "train_data"
+        source: MultiClassDataset = getattr(self, source_name)
+        keep_parts, val_parts = [], []
+        for category in self.categories:
+            indices = source.samples.index[source.samples["category"] == category].tolist()
+            subset = source.subsample(indices)
+            keep, val = random_split(subset, self.val_split_ratio, label_aware=True, seed=self.seed)
+            keep_parts.append(keep.samples)
+            val_parts.append(val.samples)
+        remaining = copy.deepcopy(source)
+        remaining.samples = pd.concat(keep_parts, ignore_index=True)
+        val = copy.deepcopy(source)
+        val.samples = pd.concat(val_parts, ignore_index=True)
+        setattr(self, source_name, remaining)
+        self.val_data = val
+
+    def _model_view_transform(self) -> Transform | None:
+        if self.train_view_transform is not None:
+            return self.train_view_transform
+        trainer = getattr(self, "_trainer", None)
+        model = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        return getattr(model, "train_view_transform", None)
+
+    def _update_augmentations(self) -> None:
+        """anomalib's augmentation wiring, plus the second training view if the model asks for one."""
+        super()._update_augmentations()
+        view = self._model_view_transform()
+        train_data = getattr(self, "train_data", None)
+        if train_data is None:
+            return
+        if view is None:
+            train_data.view_transform = None
+            return
+        model_transform = self._nested_model_transform()
+        resizes = [t for t in _flatten(model_transform) if isinstance(t, Resize)] if model_transform else []
+        train_data.view_transform = Compose([view, resizes[-1]]) if resizes else view
+
+    def _nested_model_transform(self) -> Transform | None:
+        trainer = getattr(self, "_trainer", None)
+        model = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        pre_processor = getattr(model, "pre_processor", None)
+        return getattr(pre_processor, "transform", None)
+
+    def describe(self) -> dict[str, Any]:
+        """Counts per category and split (for logs and READMEs)."""
+        out: dict[str, Any] = {}
+        for split in ("train_data", "val_data", "test_data"):
+            data = getattr(self, split, None)
+            if data is not None:
+                out[split] = data.samples.groupby("category")["label_index"].value_counts().to_dict()
+        return out
+
+
+def _flatten(transform: Transform | None) -> list[Transform]:
+    if transform is None:
+        return []
+    if isinstance(transform, Compose):
+        return [leaf for child in transform.transforms for leaf in _flatten(child)]
+    return [transform]
+
+
+def class_indices(names: Sequence[str], categories: Sequence[str]) -> torch.Tensor:
+    """Class indices of ``categories`` under the order ``names``."""
+    return torch.tensor([list(names).index(c) for c in categories], dtype=torch.long)
+
+
+def resolve_root(root: str | Path | None, default: str) -> Path:
+    """The dataset root as a path, with anomalib's default location when ``None``."""
+    return Path(root) if root is not None else Path("./datasets") / default

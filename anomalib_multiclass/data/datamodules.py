@@ -1,0 +1,209 @@
+"""Multi-class versions of anomalib's MVTec AD, VisA, Real-IAD and BTAD datamodules, folders, and mixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from anomalib.data.datamodules.base.image import AnomalibDataModule
+from anomalib.data.datamodules.image.btech import BTech
+from anomalib.data.datamodules.image.mvtecad import MVTecAD
+from anomalib.data.datamodules.image.realiad import RealIAD
+from anomalib.data.datamodules.image.visa import Visa
+from anomalib.data.datasets.image.btech import CATEGORIES as BTECH_CATEGORIES
+from anomalib.data.datasets.image.mvtecad import CATEGORIES as MVTEC_CATEGORIES
+from anomalib.data.datasets.image.realiad import CATEGORIES as REALIAD_CATEGORIES
+from anomalib.data.datasets.image.visa import CATEGORIES as VISA_CATEGORIES
+
+from anomalib_multiclass.data.datamodule import EmptyCategoryError, MultiClassDataModule, resolve_root
+
+_COMMON = ("train_batch_size", "eval_batch_size", "num_workers")
+
+
+class _RootedMultiClassDataModule(MultiClassDataModule):
+    """A multi-class datamodule over one dataset root."""
+
+    default_root = "dataset"
+
+    def __init__(self, root: str | Path | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root = resolve_root(root, self.default_root)
+
+    def _single(self, cls: type[AnomalibDataModule], **kwargs: Any) -> AnomalibDataModule:
+        common = {key: getattr(self, key) for key in _COMMON}
+        return cls(root=self.root, **common, **kwargs)
+
+
+class MultiClassMVTecAD(_RootedMultiClassDataModule):
+    """MVTec AD, all 15 categories (or ``categories``) in one class-aware datamodule.
+
+    Example:
+        >>> datamodule = MultiClassMVTecAD(root="./datasets/MVTecAD")  # doctest: +SKIP
+    """
+
+    default_root = "MVTecAD"
+
+    def available_categories(self) -> list[str]:
+        """The 15 MVTec AD categories."""
+        return list(MVTEC_CATEGORIES)
+
+    def category_datamodule(self, category: str) -> AnomalibDataModule:
+        """anomalib's ``MVTecAD`` for one category."""
+        return self._single(MVTecAD, category=category)
+
+
+class MultiClassVisA(_RootedMultiClassDataModule):
+    """VisA, all 12 categories (or ``categories``), with anomalib's 1-class split preparation."""
+
+    default_root = "visa"
+
+    def available_categories(self) -> list[str]:
+        """The 12 VisA categories."""
+        return list(VISA_CATEGORIES)
+
+    def category_datamodule(self, category: str) -> AnomalibDataModule:
+        """anomalib's ``Visa`` for one category."""
+        return self._single(Visa, category=category)
+
+
+class MultiClassRealIAD(_RootedMultiClassDataModule):
+    """Real-IAD, all 30 categories (or ``categories``), through anomalib's ``RealIAD`` parsing.
+
+    Args:
+        resolution: Real-IAD image resolution folder (anomalib's argument).
+        json_path: Split file, relative to the root (anomalib's argument).
+    """
+
+    default_root = "realiad"
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        resolution: str | int = 1024,
+        json_path: str | Path = "realiad_jsons/realiad_jsons/{category}.json",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root=root, **kwargs)
+        self.resolution = resolution
+        self.json_path = json_path
+
+    def available_categories(self) -> list[str]:
+        """The 30 Real-IAD categories."""
+        return list(REALIAD_CATEGORIES)
+
+    def category_datamodule(self, category: str) -> AnomalibDataModule:
+        """anomalib's ``RealIAD`` for one category."""
+        json_path = str(self.json_path).format(category=category)
+        return self._single(RealIAD, category=category, resolution=self.resolution, json_path=json_path)
+
+
+class MultiClassBTAD(_RootedMultiClassDataModule):
+    """BTAD (BeanTech), its 3 categories, through anomalib's ``BTech``."""
+
+    default_root = "BTech"
+
+    def available_categories(self) -> list[str]:
+        """The 3 BTAD categories."""
+        return list(BTECH_CATEGORIES)
+
+    def category_datamodule(self, category: str) -> AnomalibDataModule:
+        """anomalib's ``BTech`` for one category."""
+        return self._single(BTech, category=category)
+
+
+class MultiClassFolder(_RootedMultiClassDataModule):
+    """Any folder with one MVTec-like tree per category.
+
+    Layout: ``<root>/<category>/train/good/*``, ``<root>/<category>/test/good/*``,
+    ``<root>/<category>/test/<defect>/*`` and, for pixel metrics, ``<root>/<category>/ground_truth/<defect>/*``
+    (mask names: the image name with ``_mask`` before the extension). Every sub-folder of ``root`` that has a
+    ``train`` folder is a category.
+    """
+
+    default_root = "folder"
+
+    def available_categories(self) -> list[str]:
+        """Sub-folders of ``root`` that look like categories."""
+        if not self.root.is_dir():
+            msg = f"Dataset root {self.root} does not exist. Pass the folder that holds one sub-folder per category."
+            raise FileNotFoundError(msg)
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / "train").is_dir())
+
+    def category_datamodule(self, category: str) -> AnomalibDataModule:
+        """The MVTec AD parser of anomalib on one category folder."""
+        folder = self.root / category
+        if not any(f.is_file() for f in (folder / "train" / "good").glob("*")):
+            msg = f"Category {category!r}: {folder / 'train' / 'good'} is missing or empty. Put normal images there."
+            raise EmptyCategoryError(msg)
+        return self._single(MVTecAD, category=category)
+
+    def prepare_data(self) -> None:
+        """A local folder has nothing to download; only check it."""
+        for category in self.categories:
+            self.category_datamodule(category)
+
+
+class MixedMultiClassDataModule(MultiClassDataModule):
+    """Several multi-class datamodules as one (the papers' "all-in-all" setting).
+
+    Category names are namespaced by dataset (``mvtecad/toothbrush`` and ``realiad/toothbrush`` are two
+    classes), one class-index space covers them all, and the batches mix datasets.
+
+    Args:
+        datamodules: The multi-class datamodules to mix.
+        prefixes: Namespace per datamodule; default the lower-cased class name without ``MultiClass``.
+        categories: Namespaced categories to keep (default all).
+        Other arguments as :class:`MultiClassDataModule`; the children's batch sizes are ignored.
+    """
+
+    def __init__(
+        self,
+        datamodules: Sequence[MultiClassDataModule],
+        prefixes: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not datamodules:
+            msg = "MixedMultiClassDataModule needs at least one datamodule."
+            raise ValueError(msg)
+        self.datamodules = list(datamodules)
+        self.prefixes = list(prefixes) if prefixes is not None else [_prefix(dm) for dm in self.datamodules]
+        if len(set(self.prefixes)) != len(self.prefixes) or len(self.prefixes) != len(self.datamodules):
+            msg = f"Each datamodule needs its own prefix, got {self.prefixes}."
+            raise ValueError(msg)
+
+    def available_categories(self) -> list[str]:
+        """All namespaced categories of the children."""
+        return [f"{p}/{c}" for p, dm in zip(self.prefixes, self.datamodules, strict=True) for c in dm.categories]
+
+    def category_datamodule(self, category: str) -> AnomalibDataModule:
+        """The child's anomalib datamodule for a namespaced category."""
+        prefix, name = category.split("/", 1)
+        return self.datamodules[self.prefixes.index(prefix)].category_datamodule(name)
+
+    def category_samples(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Children's sample tables, their categories namespaced, restricted to ``self.categories``."""
+        trains, tests = [], []
+        for prefix, datamodule in zip(self.prefixes, self.datamodules, strict=True):
+            train, test = datamodule.category_samples()
+            for frame in (train, test):
+                frame["category"] = prefix + "/" + frame["category"]
+            trains.append(train)
+            tests.append(test)
+        train, test = pd.concat(trains, ignore_index=True), pd.concat(tests, ignore_index=True)
+        keep = set(self.categories)
+        return train[train["category"].isin(keep)].reset_index(drop=True), test[
+            test["category"].isin(keep)
+        ].reset_index(drop=True)
+
+    def prepare_data(self) -> None:
+        """Each child prepares (downloads) its own data."""
+        for datamodule in self.datamodules:
+            datamodule.prepare_data()
+
+
+def _prefix(datamodule: MultiClassDataModule) -> str:
+    name = type(datamodule).__name__.removeprefix("MultiClass").lower()
+    return name or "dataset"

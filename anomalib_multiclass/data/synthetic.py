@@ -1,0 +1,310 @@
+"""Small multi-category anomaly datasets built from real photographs, with synthetic defects.
+
+Tests, the quickstart and the proxy benchmark need MVTec-like data that can be made offline. The
+photos are the ones scikit-image ships: texture categories are random crops of one texture photo
+(``brick``, ``grass``, ``gravel``), object categories are the whole photo with small pose and lighting
+changes (``coffee``, ``chelsea``, ``astronaut``, ``rocket``, ``coins``, ``camera``). Test defects come
+from several families, each with its pixel mask, at sizes from small to large:
+
+- ``texture``: a foreign texture pasted in a Perlin-noise-shaped region;
+- ``scratch``: thin bright or dark random strokes;
+- ``stain``: a smooth dark/coloured blob blended into the surface;
+- ``blur``: a region blurred away (missing detail);
+- ``cutpaste``: a patch of the same image pasted elsewhere.
+
+Everything is seeded: the same arguments give the same files.
+
+Layouts:
+- ``mvtec``: ``<root>/<cat>/train/good``, ``test/good``, ``test/<defect>``, ``ground_truth/<defect>/<name>_mask.png``
+  (what anomalib's ``MVTecAD`` reads);
+- ``visa``: the raw VisA layout that anomalib's ``Visa.prepare_data`` converts:
+  ``<root>/<cat>/Data/Images/{Normal,Anomaly}``, ``<root>/<cat>/Data/Masks/Anomaly`` and
+  ``<root>/split_csv/1cls.csv``;
+- ``folder``: ``<root>/<cat>/{train/good, test/good, test/defect, ground_truth/defect}`` (one defect folder).
+
+Command line: ``python -m anomalib_multiclass.data.synthetic --root datasets/synthetic --layout mvtec``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+TEXTURE_CATEGORIES = ("brick", "grass", "gravel")
+OBJECT_CATEGORIES = ("coffee", "chelsea", "astronaut", "rocket", "coins", "camera")
+ALL_CATEGORIES = TEXTURE_CATEGORIES + OBJECT_CATEGORIES
+DEFAULT_CATEGORIES = ("brick", "grass", "coffee")
+DEFECT_TYPES = ("texture", "scratch", "stain", "blur", "cutpaste")
+LAYOUTS = ("mvtec", "visa", "folder")
+
+
+def _photo(name: str) -> np.ndarray:
+    """Return the scikit-image photo ``name`` as an RGB uint8 array."""
+    import skimage.data
+
+    if not hasattr(skimage.data, name):
+        msg = f"Unknown photo category {name!r}. Available: {', '.join(ALL_CATEGORIES)}."
+        raise ValueError(msg)
+    image = getattr(skimage.data, name)()
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def _normal_image(category: str, photo: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A normal sample: a random crop for textures, a slightly moved and relit whole photo for objects."""
+    h, w = photo.shape[:2]
+    if category in TEXTURE_CATEGORIES:
+        crop = int(min(h, w) * rng.uniform(0.45, 0.6))
+        top, left = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
+        image = photo[top : top + crop, left : left + crop]
+        image = np.rot90(image, k=int(rng.integers(0, 4))).copy()
+    else:
+        side = min(h, w)
+        crop = int(side * rng.uniform(0.9, 0.97))
+        cy, cx = (h - crop) // 2, (w - crop) // 2
+        top = int(np.clip(cy + rng.integers(-side // 40, side // 40 + 1), 0, h - crop))
+        left = int(np.clip(cx + rng.integers(-side // 40, side // 40 + 1), 0, w - crop))
+        image = photo[top : top + crop, left : left + crop]
+        angle = rng.uniform(-3.0, 3.0)
+        image = ndimage.rotate(image, angle, axes=(0, 1), reshape=False, mode="reflect", order=1)
+    image = _resize(np.ascontiguousarray(image), size).astype(np.float32)
+    gain, bias = rng.uniform(0.92, 1.08), rng.uniform(-8.0, 8.0)
+    return np.clip(image * gain + bias, 0, 255).astype(np.uint8)
+
+
+def _perlin_mask(size: int, rng: np.random.Generator, coverage: float) -> np.ndarray:
+    """A blob-shaped binary mask from smoothed noise (a cheap Perlin substitute), covering ~``coverage``."""
+    scale = max(2, int(rng.integers(3, 7)))
+    noise = rng.standard_normal((scale, scale))
+    field = np.asarray(Image.fromarray(noise.astype(np.float32), mode="F").resize((size, size), Image.BICUBIC))
+    field = ndimage.gaussian_filter(field, sigma=size / 32)
+    threshold = np.quantile(field, 1.0 - coverage)
+    mask = field > threshold
+    labels, count = ndimage.label(mask)
+    if count > 1:  # keep the largest component so a defect is one region
+        sizes = ndimage.sum(mask, labels, range(1, count + 1))
+        mask = labels == (int(np.argmax(sizes)) + 1)
+    return mask
+
+
+def _ellipse_mask(size: int, rng: np.random.Generator, radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    cy, cx = rng.uniform(0.25, 0.75, size=2) * size
+    ry, rx = radius * size * rng.uniform(0.7, 1.3, size=2)
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
+def _defect_texture(image: np.ndarray, rng: np.random.Generator, severity: float) -> tuple[np.ndarray, np.ndarray]:
+    size = image.shape[0]
+    mask = _perlin_mask(size, rng, coverage=0.01 + 0.07 * severity)
+    source = _photo(str(rng.choice([c for c in ALL_CATEGORIES if c not in ("coins", "camera")])))
+    foreign = _resize(source, size).astype(np.float32)
+    foreign = np.roll(foreign, int(rng.integers(0, size)), axis=int(rng.integers(0, 2)))
+    out = image.astype(np.float32)
+    out[mask] = 0.15 * out[mask] + 0.85 * foreign[mask]
+    return out.clip(0, 255).astype(np.uint8), mask
+
+
+def _defect_scratch(image: np.ndarray, rng: np.random.Generator, severity: float) -> tuple[np.ndarray, np.ndarray]:
+    size = image.shape[0]
+    mask = np.zeros((size, size), dtype=bool)
+    for _ in range(int(rng.integers(1, 3))):
+        start = rng.uniform(0.2, 0.8, size=2) * size
+        angle = rng.uniform(0, np.pi)
+        length = (0.15 + 0.35 * severity) * size
+        t = np.linspace(0, 1, int(length * 2) + 2)
+        bend = rng.uniform(-0.15, 0.15) * length
+        ys = start[0] + t * length * np.sin(angle) + bend * np.sin(np.pi * t)
+        xs = start[1] + t * length * np.cos(angle)
+        ys, xs = np.clip(ys.astype(int), 0, size - 1), np.clip(xs.astype(int), 0, size - 1)
+        mask[ys, xs] = True
+    mask = ndimage.binary_dilation(mask, iterations=max(1, size // 64))
+    out = image.astype(np.float32)
+    value = 250.0 if rng.random() < 0.5 else 10.0
+    out[mask] = value
+    return out.astype(np.uint8), mask
+
+
+def _defect_stain(image: np.ndarray, rng: np.random.Generator, severity: float) -> tuple[np.ndarray, np.ndarray]:
+    size = image.shape[0]
+    mask = _ellipse_mask(size, rng, radius=0.05 + 0.1 * severity)
+    alpha = ndimage.gaussian_filter(mask.astype(np.float32), sigma=size / 100) * 0.8
+    color = rng.uniform(0, 120, size=3).astype(np.float32)
+    out = image.astype(np.float32) * (1 - alpha[..., None]) + color * alpha[..., None]
+    return out.clip(0, 255).astype(np.uint8), alpha > 0.2
+
+
+def _defect_blur(image: np.ndarray, rng: np.random.Generator, severity: float) -> tuple[np.ndarray, np.ndarray]:
+    size = image.shape[0]
+    mask = _ellipse_mask(size, rng, radius=0.07 + 0.1 * severity)
+    blurred = ndimage.gaussian_filter(image.astype(np.float32), sigma=(size / 20, size / 20, 0))
+    blurred = blurred * rng.uniform(0.6, 0.85)  # missing material looks darker as well as smooth
+    out = image.astype(np.float32)
+    out[mask] = blurred[mask]
+    return out.clip(0, 255).astype(np.uint8), mask
+
+
+def _defect_cutpaste(image: np.ndarray, rng: np.random.Generator, severity: float) -> tuple[np.ndarray, np.ndarray]:
+    size = image.shape[0]
+    patch = max(4, int(size * (0.1 + 0.15 * severity)))
+    sy, sx = rng.integers(0, size - patch + 1, size=2)
+    ty, tx = rng.integers(0, size - patch + 1, size=2)
+    piece = np.rot90(image[sy : sy + patch, sx : sx + patch], k=int(rng.integers(1, 4)))
+    piece = np.clip(piece.astype(np.float32) * rng.uniform(1.15, 1.35), 0, 255).astype(np.uint8)
+    out = image.copy()
+    out[ty : ty + patch, tx : tx + patch] = piece
+    mask = np.zeros((size, size), dtype=bool)
+    mask[ty : ty + patch, tx : tx + patch] = True
+    return out, mask
+
+
+DEFECTS: dict[str, Callable[[np.ndarray, np.random.Generator, float], tuple[np.ndarray, np.ndarray]]] = {
+    "texture": _defect_texture,
+    "scratch": _defect_scratch,
+    "stain": _defect_stain,
+    "blur": _defect_blur,
+    "cutpaste": _defect_cutpaste,
+}
+
+
+def _save(image: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+def make_synthetic_dataset(
+    root: str | Path,
+    layout: str = "mvtec",
+    categories: Sequence[str] | None = None,
+    n_train: int = 12,
+    n_test_good: int = 4,
+    n_test_defect: int = 6,
+    image_size: int = 96,
+    defect_types: Sequence[str] = DEFECT_TYPES,
+    seed: int = 0,
+) -> Path:
+    """Write a small multi-category dataset with synthetic defects and return its root.
+
+    Args:
+        root: Folder to write into (created).
+        layout: ``"mvtec"``, ``"visa"`` or ``"folder"`` (see the module docstring).
+        categories: Photo categories; default ``brick``, ``grass``, ``coffee`` (two textures, one object).
+        n_train: Normal training images per category.
+        n_test_good: Normal test images per category.
+        n_test_defect: Defective test images per category, cycling through ``defect_types`` and severities.
+        image_size: Side of the square images in pixels.
+        defect_types: Defect families to use.
+        seed: Random seed; the same arguments give the same files.
+    """
+    if layout not in LAYOUTS:
+        msg = f"Unknown layout {layout!r}. Use one of {LAYOUTS}."
+        raise ValueError(msg)
+    categories = list(categories or DEFAULT_CATEGORIES)
+    unknown = [c for c in categories if c not in ALL_CATEGORIES]
+    if unknown:
+        msg = f"Unknown categories {unknown}. Available: {list(ALL_CATEGORIES)}."
+        raise ValueError(msg)
+    bad_defects = [d for d in defect_types if d not in DEFECTS]
+    if bad_defects:
+        msg = f"Unknown defect types {bad_defects}. Available: {list(DEFECTS)}."
+        raise ValueError(msg)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    split_rows: list[list[str]] = []
+    for cat_index, category in enumerate(categories):
+        rng = np.random.default_rng([seed, cat_index, ALL_CATEGORIES.index(category)])
+        photo = _photo(category)
+        normals = [_normal_image(category, photo, image_size, rng) for _ in range(n_train + n_test_good)]
+        defects = []
+        for i in range(n_test_defect):
+            defect_type = defect_types[i % len(defect_types)]
+            severity = (i // len(defect_types) % 3) / 2.0 if n_test_defect > len(defect_types) else rng.uniform(0, 1)
+            base = _normal_image(category, photo, image_size, rng)
+            image, mask = DEFECTS[defect_type](base, rng, float(severity))
+            if not mask.any():  # never write an anomalous image with an empty mask
+                mask[image_size // 2, image_size // 2] = True
+            defects.append((defect_type, image, (mask * 255).astype(np.uint8)))
+        _write_category(root, layout, category, normals[:n_train], normals[n_train:], defects, split_rows)
+    if layout == "visa":
+        split_dir = root / "split_csv"
+        split_dir.mkdir(parents=True, exist_ok=True)
+        with (split_dir / "1cls.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["object", "split", "label", "image", "mask"])
+            writer.writerows(split_rows)
+    return root
+
+
+def _write_category(
+    root: Path,
+    layout: str,
+    category: str,
+    train: list[np.ndarray],
+    test_good: list[np.ndarray],
+    defects: list[tuple[str, np.ndarray, np.ndarray]],
+    split_rows: list[list[str]],
+) -> None:
+    if layout == "visa":
+        base = root / category / "Data"
+        for i, image in enumerate(train + test_good):
+            rel = f"{category}/Data/Images/Normal/{i:04d}.JPG"
+            _save(image, root / rel)
+            split = "train" if i < len(train) else "test"
+            split_rows.append([category, split, "normal", rel, ""])
+        for i, (_, image, mask) in enumerate(defects):
+            rel = f"{category}/Data/Images/Anomaly/{i:03d}.JPG"
+            mask_rel = f"{category}/Data/Masks/Anomaly/{i:03d}.png"
+            _save(image, root / rel)
+            _save(mask, root / mask_rel)
+            split_rows.append([category, "test", "anomaly", rel, mask_rel])
+        base.mkdir(parents=True, exist_ok=True)
+        return
+    cat_root = root / category
+    for i, image in enumerate(train):
+        _save(image, cat_root / "train" / "good" / f"{i:03d}.png")
+    for i, image in enumerate(test_good):
+        _save(image, cat_root / "test" / "good" / f"{i:03d}.png")
+    for i, (defect_type, image, mask) in enumerate(defects):
+        folder = defect_type if layout == "mvtec" else "defect"
+        _save(image, cat_root / "test" / folder / f"{i:03d}.png")
+        _save(mask, cat_root / "ground_truth" / folder / f"{i:03d}_mask.png")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", required=True, type=Path, help="output folder")
+    parser.add_argument("--layout", default="mvtec", choices=LAYOUTS)
+    parser.add_argument("--categories", nargs="+", default=None, choices=ALL_CATEGORIES)
+    parser.add_argument("--n-train", type=int, default=12)
+    parser.add_argument("--n-test-good", type=int, default=4)
+    parser.add_argument("--n-test-defect", type=int, default=6)
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    root = make_synthetic_dataset(
+        args.root,
+        layout=args.layout,
+        categories=args.categories,
+        n_train=args.n_train,
+        n_test_good=args.n_test_good,
+        n_test_defect=args.n_test_defect,
+        image_size=args.image_size,
+        seed=args.seed,
+    )
+    print(f"Wrote a {args.layout}-layout dataset to {root}")
+
+
+if __name__ == "__main__":
+    main()
