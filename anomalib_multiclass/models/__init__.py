@@ -4,4 +4,6 @@ Importing this module defines the classes, which is what lets anomalib find them
 (``anomalib train --model UniAD``, ``get_model("uniad")``).
 """
 
-__all__: list[str] = []
+from anomalib_multiclass.models.uniad import UniAD
+
+__all__ = ["UniAD"]

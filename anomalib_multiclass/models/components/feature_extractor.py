@@ -1,0 +1,69 @@
+"""Frozen multi-stage feature extraction, aligned to one map and concatenated (UniAD's MFCN neck)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.models.components.feature_extractors import TimmFeatureExtractor
+from torch import nn
+
+
+class MultiStageFeatureExtractor(nn.Module):
+    """A frozen timm backbone whose stages are resized to one map size and concatenated.
+
+    The stages are timm ``features_only`` out-indices (for EfficientNets index 0..3 are the stages at
+    strides 2/4/8/16: UniAD's ``outlayers [1,2,3,4]``). Each map is bilinearly resized to the map of
+    ``align_to`` (default: the deepest stage used), as UniAD's MFCN neck does (its ``UpsamplingBilinear2d``
+    has ``align_corners=True``), and the maps are concatenated along channels.
+
+    Args:
+        backbone: timm model name, e.g. ``"tf_efficientnet_b4.aa_in1k"``.
+        layers: timm out-indices of the stages to use.
+        pre_trained: Load ImageNet weights through timm.
+        align_to: Index into ``layers`` of the stage whose map size the others are resized to.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_b4.aa_in1k",
+        layers: Sequence[int] = (0, 1, 2, 3),
+        pre_trained: bool = True,
+        align_to: int = -1,
+    ) -> None:
+        super().__init__()
+        self.extractor = TimmFeatureExtractor(backbone, layers=list(layers), pre_trained=pre_trained).eval()
+        for parameter in self.extractor.parameters():
+            parameter.requires_grad_(False)
+        self.layers = list(layers)
+        self.align_to = align_to
+        self.out_dims = list(self.extractor.out_dims)
+        self.reductions = list(self.extractor.reductions)
+
+    @property
+    def num_features(self) -> int:
+        """Channels of the concatenated map."""
+        return sum(self.out_dims)
+
+    @property
+    def stride(self) -> int:
+        """Stride of the concatenated map relative to the input image."""
+        return self.reductions[self.align_to]
+
+    def train(self, mode: bool = True) -> MultiStageFeatureExtractor:
+        """The backbone stays in eval mode (frozen batch-norm statistics) whatever the parent's mode."""
+        super().train(mode)
+        self.extractor.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> aligned concatenated features (B, C, H/stride, W/stride)."""
+        features = list(self.extractor(images).values())
+        size = features[self.align_to].shape[-2:]
+        aligned = [
+            f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=True)
+            for f in features
+        ]
+        return torch.cat(aligned, dim=1)

@@ -1,0 +1,172 @@
+"""UniAD as an anomalib model: ``anomalib train --model UniAD --data MultiClassMVTecAD``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import nn, optim
+from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+from anomalib_multiclass.models.components.base import MultiClassMixin
+from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
+from anomalib_multiclass.models.uniad.loss import UniADLoss
+from anomalib_multiclass.models.uniad.torch_model import UniADModel
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class UniAD(MultiClassMixin, AnomalibModule):
+    """UniAD: one reconstruction transformer for all categories (You et al., NeurIPS 2022).
+
+    Defaults are the paper's MVTec AD recipe: frozen EfficientNet-b4 (stages 1-4, 272 channels at 14 × 14 for
+    224 px), 4 + 4 post-norm layers of width 256, 8 heads, FFN 1024, dropout 0.1, 7 × 7 neighbour mask
+    everywhere, layer-wise queries, jitter α = 20, AdamW (lr 1e-4, weight decay 1e-4), lr × 0.1 at epoch 800,
+    gradient clipping 0.1 (set ``max_epochs: 1000`` on the trainer).
+
+    Args:
+        backbone, layers, pre_trained, input_size, hidden_dim, num_heads, ffn_dim, num_encoder_layers,
+            num_decoder_layers, dropout, neighbor_size, neighbor_mask_in, layerwise_query, jitter_scale,
+            jitter_prob, pool_size: see :class:`UniADModel`.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        lr_step_epochs: Epoch at which the learning rate is multiplied by ``lr_gamma``.
+        lr_gamma: Learning-rate decay factor.
+        gradient_clip_val: Gradient-norm clipping (passed to the trainer).
+        cache_features: Train from cached frozen features after the first epoch when the training data is
+            not randomly augmented (exactly equivalent, much faster); recomputed otherwise.
+        feature_cache_max_bytes: Memory bound of the cache (CPU memory).
+        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = defaults).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_b4.aa_in1k",
+        layers: Sequence[int] = (0, 1, 2, 3),
+        pre_trained: bool = True,
+        input_size: Sequence[int] = (224, 224),
+        hidden_dim: int = 256,
+        num_heads: int = 8,
+        ffn_dim: int = 1024,
+        num_encoder_layers: int = 4,
+        num_decoder_layers: int = 4,
+        dropout: float = 0.1,
+        neighbor_size: int | None = 7,
+        neighbor_mask_in: Sequence[str] = ("encoder", "decoder_memory", "decoder_previous"),
+        layerwise_query: bool = True,
+        jitter_scale: float = 20.0,
+        jitter_prob: float = 1.0,
+        pool_size: int = 16,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        lr_step_epochs: int = 800,
+        lr_gamma: float = 0.1,
+        gradient_clip_val: float = 0.1,
+        cache_features: bool = True,
+        feature_cache_max_bytes: int = 8 * 1024**3,
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        self.model_input_size = tuple(int(s) for s in input_size)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = UniADModel(
+            backbone=backbone,
+            layers=layers,
+            pre_trained=pre_trained,
+            input_size=self.model_input_size,
+            hidden_dim=hidden_dim,
+            num_heads=num_heads,
+            ffn_dim=ffn_dim,
+            num_encoder_layers=num_encoder_layers,
+            num_decoder_layers=num_decoder_layers,
+            dropout=dropout,
+            neighbor_size=neighbor_size,
+            neighbor_mask_in=neighbor_mask_in,
+            layerwise_query=layerwise_query,
+            jitter_scale=jitter_scale,
+            jitter_prob=jitter_prob,
+            pool_size=pool_size,
+        )
+        self.loss = UniADLoss()
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.lr_step_epochs = lr_step_epochs
+        self.lr_gamma = lr_gamma
+        self.gradient_clip_val = gradient_clip_val
+        self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
+
+    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize to the model's input size and normalise with ImageNet statistics (UniAD, no augmentation)."""
+        size = image_size or getattr(self, "model_input_size", (224, 224))
+        return PreProcessor(transform=Compose([Resize(size, antialias=True), Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
+
+    def on_fit_start(self) -> None:
+        """Use the feature cache only when training images are not randomly augmented."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        augmented = getattr(datamodule, "train_augmentations", None) is not None
+        if self.feature_cache.enabled and augmented:
+            logger.info("Training augmentations are set: frozen features are recomputed every step (no cache).")
+            self.feature_cache.enabled = False
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Reconstruct the (jittered) frozen features; MSE to the clean ones."""
+        del args, kwargs
+        features = self.feature_cache.get_or_compute(list(batch.image_path), batch.image, self.model.extract_features)
+        output = self.model(batch.image, features=features)
+        loss = self.loss(output["reconstruction"], output["features"])
+        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
+        return {"loss": loss}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Anomaly maps and scores for threshold and normalisation statistics."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**{k: v for k, v in predictions._asdict().items() if v is not None})
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW with a step decay (UniAD: lr 1e-4, weight decay 1e-4, × 0.1 at epoch 800)."""
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = optim.AdamW(parameters, lr=self.lr, weight_decay=self.weight_decay, betas=(0.9, 0.999))
+        scheduler = optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_epochs, gamma=self.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """Gradient clipping (0.1); no sanity validation (thresholds are learnt on the real validation pass)."""
+        return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class: trained on normal images only."""
+        return LearningType.ONE_CLASS
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
+        """Same as validation (the post-processor callback thresholds and normalises)."""
+        del batch_idx, dataloader_idx
+        return self.validation_step(batch)
+
+    @torch.no_grad()
+    def count_parameters(self) -> dict[str, int]:
+        """Learnable and frozen parameter counts."""
+        learnable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        return {"learnable": learnable, "frozen": frozen}

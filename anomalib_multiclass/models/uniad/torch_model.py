@@ -1,0 +1,217 @@
+"""UniAD (You et al., NeurIPS 2022) in plain PyTorch: a unified feature-reconstruction transformer.
+
+Frozen multi-stage features f (272 × 14 × 14 for a 224 image and EfficientNet-b4) are jittered in training,
+projected to 256 channels, encoded by neighbour-masked self-attention and reconstructed by a layer-wise
+query decoder; the anomaly map is the L2 distance between f and its reconstruction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from anomalib_multiclass.models.components.attention import neighbor_mask
+from anomalib_multiclass.models.components.base import MultiClassInferenceBatch
+from anomalib_multiclass.models.components.feature_extractor import MultiStageFeatureExtractor
+from anomalib_multiclass.models.components.jitter import feature_jitter
+from anomalib_multiclass.models.components.transformer import (
+    LearnedPositionEmbedding,
+    TransformerDecoderLayer,
+    TransformerEncoderLayer,
+)
+
+
+class UniADReconstruction(nn.Module):
+    """The trainable part of UniAD: feature tokens in, reconstructed feature tokens out.
+
+    Args:
+        in_channels: Channels of the frozen features (272 for EfficientNet-b4 stages 1-4).
+        feature_size: (h, w) of the feature map (14 × 14 at 224 px).
+        hidden_dim: Transformer width (256).
+        num_heads: Attention heads (8).
+        ffn_dim: Feed-forward width (1024).
+        num_encoder_layers: Encoder depth (4).
+        num_decoder_layers: Decoder depth (4).
+        dropout: Dropout (0.1).
+        neighbor_size: Side k of the masked k × k neighbourhood (7); ``None`` or 0 disables the mask.
+        neighbor_mask_in: Where the mask applies: any of ``"encoder"``, ``"decoder_memory"`` (the query's
+            attention to the encoder output) and ``"decoder_previous"`` (its attention to the previous layer).
+        layerwise_query: One learned query per decoder layer (UniAD); if False the layers share one.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        feature_size: tuple[int, int] = (14, 14),
+        hidden_dim: int = 256,
+        num_heads: int = 8,
+        ffn_dim: int = 1024,
+        num_encoder_layers: int = 4,
+        num_decoder_layers: int = 4,
+        dropout: float = 0.1,
+        neighbor_size: int | None = 7,
+        neighbor_mask_in: Sequence[str] = ("encoder", "decoder_memory", "decoder_previous"),
+        layerwise_query: bool = True,
+    ) -> None:
+        super().__init__()
+        height, width = feature_size
+        tokens = height * width
+        self.feature_size = (height, width)
+        self.input_proj = nn.Linear(in_channels, hidden_dim)
+        self.output_proj = nn.Linear(hidden_dim, in_channels)
+        self.pos_embed = LearnedPositionEmbedding(height, width, hidden_dim)
+        self.encoder = nn.ModuleList(
+            TransformerEncoderLayer(hidden_dim, num_heads, ffn_dim, dropout) for _ in range(num_encoder_layers)
+        )
+        self.decoder = nn.ModuleList(
+            TransformerDecoderLayer(
+                hidden_dim, num_heads, ffn_dim, dropout, num_queries=tokens if layerwise_query or i == 0 else 0
+            )
+            for i in range(num_decoder_layers)
+        )
+        self.layerwise_query = layerwise_query
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        unknown = set(neighbor_mask_in) - {"encoder", "decoder_memory", "decoder_previous"}
+        if unknown:
+            msg = f"Unknown neighbor_mask_in entries {sorted(unknown)}."
+            raise ValueError(msg)
+        self.neighbor_mask_in = tuple(neighbor_mask_in)
+        # True = may attend: everything outside the token's k × k neighbourhood (itself included).
+        allowed = ~neighbor_mask(height, width, neighbor_size) if neighbor_size else torch.ones(tokens, tokens).bool()
+        self.register_buffer("allowed", allowed, persistent=False)
+        for parameter in (*self.input_proj.parameters(), *self.output_proj.parameters()):
+            if parameter.dim() > 1:
+                nn.init.xavier_uniform_(parameter)
+
+    def _mask(self, where: str) -> torch.Tensor | None:
+        return self.allowed if where in self.neighbor_mask_in else None
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, C_in) -> reconstructed (B, N, C_in)."""
+        pos = self.pos_embed()
+        memory = self.input_proj(tokens)
+        for layer in self.encoder:
+            memory = layer(memory, pos, self._mask("encoder"))
+        shared_query = None if self.layerwise_query else self.decoder[0].learned_query
+        out = memory
+        for layer in self.decoder:
+            query = None if shared_query is None else shared_query.expand(tokens.shape[0], -1, -1)
+            out = layer(
+                out,
+                memory,
+                pos,
+                query=query,
+                memory_allowed=self._mask("decoder_memory"),
+                previous_allowed=self._mask("decoder_previous"),
+            )
+        return self.output_proj(self.decoder_norm(out))
+
+
+class UniADModel(nn.Module):
+    """UniAD: frozen multi-stage features, jitter (training), reconstruction transformer, L2 anomaly map.
+
+    Args:
+        backbone: timm backbone name (frozen).
+        layers: timm out-indices of the stages (EfficientNet stages 1-4 = ``(0, 1, 2, 3)``).
+        pre_trained: ImageNet weights for the backbone.
+        input_size: Image size the model runs at; fixes the token grid (positional embeddings, masks).
+        jitter_scale: Feature-jitter α (20); 0 disables it.
+        jitter_prob: Probability of jittering a batch (1.0).
+        pool_size: Side of the average pooling applied to the full-size map before taking the image
+            score's maximum (UniAD: 16); 1 uses the plain maximum.
+        Other arguments: :class:`UniADReconstruction`.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_b4.aa_in1k",
+        layers: Sequence[int] = (0, 1, 2, 3),
+        pre_trained: bool = True,
+        input_size: tuple[int, int] = (224, 224),
+        hidden_dim: int = 256,
+        num_heads: int = 8,
+        ffn_dim: int = 1024,
+        num_encoder_layers: int = 4,
+        num_decoder_layers: int = 4,
+        dropout: float = 0.1,
+        neighbor_size: int | None = 7,
+        neighbor_mask_in: Sequence[str] = ("encoder", "decoder_memory", "decoder_previous"),
+        layerwise_query: bool = True,
+        jitter_scale: float = 20.0,
+        jitter_prob: float = 1.0,
+        pool_size: int = 16,
+    ) -> None:
+        super().__init__()
+        self.feature_extractor = MultiStageFeatureExtractor(backbone, layers, pre_trained=pre_trained)
+        stride = self.feature_extractor.stride
+        input_size = tuple(input_size)
+        if input_size[0] % stride or input_size[1] % stride:
+            msg = f"input_size {input_size} must be a multiple of the backbone stride {stride}."
+            raise ValueError(msg)
+        self.input_size = input_size
+        self.feature_size = (input_size[0] // stride, input_size[1] // stride)
+        self.reconstruction = UniADReconstruction(
+            in_channels=self.feature_extractor.num_features,
+            feature_size=self.feature_size,
+            hidden_dim=hidden_dim,
+            num_heads=num_heads,
+            ffn_dim=ffn_dim,
+            num_encoder_layers=num_encoder_layers,
+            num_decoder_layers=num_decoder_layers,
+            dropout=dropout,
+            neighbor_size=neighbor_size,
+            neighbor_mask_in=neighbor_mask_in,
+            layerwise_query=layerwise_query,
+        )
+        self.jitter_scale = jitter_scale
+        self.jitter_prob = jitter_prob
+        self.pool_size = pool_size
+
+    def extract_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen part: images (B, 3, H, W) -> aligned features (B, C, h, w)."""
+        return self.feature_extractor(images)
+
+    def reconstruct(self, features: torch.Tensor) -> torch.Tensor:
+        """Features (B, C, h, w) -> reconstruction (B, C, h, w); jitter is added in training only."""
+        batch, channels, height, width = features.shape
+        if (height, width) != self.feature_size:
+            msg = (
+                f"Feature map {height}x{width} does not match the model's {self.feature_size}: the model was built "
+                f"for {self.input_size[0]}x{self.input_size[1]} images."
+            )
+            raise ValueError(msg)
+        tokens = features.flatten(2).transpose(1, 2)
+        if self.training:
+            tokens = feature_jitter(tokens, self.jitter_scale, self.jitter_prob)
+        out = self.reconstruction(tokens)
+        return out.transpose(1, 2).reshape(batch, channels, height, width)
+
+    def anomaly_map(self, features: torch.Tensor, reconstruction: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        """L2 norm of the feature difference, bilinearly upsampled to ``size``: (B, 1, H, W)."""
+        distance = torch.sqrt(((features - reconstruction) ** 2).sum(dim=1, keepdim=True))
+        return F.interpolate(distance, size=size, mode="bilinear", align_corners=True)
+
+    def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """Maximum of the ``pool_size`` × ``pool_size`` average-pooled map: (B,)."""
+        pooled = F.avg_pool2d(anomaly_map, self.pool_size, stride=1) if self.pool_size > 1 else anomaly_map
+        return pooled.flatten(1).amax(dim=1)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        features: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor] | MultiClassInferenceBatch:
+        """Training: features and their reconstruction (for the loss). Eval: anomaly map and score.
+
+        ``features`` may be given (e.g. from the frozen-feature cache) to skip the backbone.
+        """
+        if features is None:
+            features = self.extract_features(images)
+        reconstruction = self.reconstruct(features)
+        if self.training:
+            return {"features": features, "reconstruction": reconstruction}
+        anomaly_map = self.anomaly_map(features, reconstruction, images.shape[-2:])
+        return MultiClassInferenceBatch(pred_score=self.image_score(anomaly_map), anomaly_map=anomaly_map)
