@@ -17,8 +17,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
+from torch import nn
 
 if TYPE_CHECKING:
+    from anomalib.metrics import Evaluator
     from torchvision.transforms.v2 import Transform
 
 CATEGORY_NAMES_KEY = "anomalib_multiclass_category_names"
@@ -63,6 +65,24 @@ class MultiClassMixin:
         names = getattr(datamodule, "category_names", None)
         return list(names) if names is not None else None
 
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Per-category test metrics (each metric per category, their mean, and pooled)."""
+        from anomalib_multiclass.evaluation import PerCategoryEvaluator
+
+        return PerCategoryEvaluator()
+
+    def configure_post_processor(self) -> nn.Module:
+        """Per-category thresholds and normalisation (global ones where the class is unknown)."""
+        from anomalib_multiclass.post_processing import ClassAwarePostProcessor
+
+        return ClassAwarePostProcessor(num_classes=len(self.category_names or []))
+
+    def _sync_post_processor(self) -> None:
+        resize = getattr(getattr(self, "post_processor", None), "set_num_classes", None)
+        if resize is not None and self.category_names is not None:
+            resize(len(self.category_names))
+
     def setup(self, stage: str) -> None:
         """Take the category map from the datamodule at fit time; check it at any other stage."""
         names = self._datamodule_category_names()
@@ -71,6 +91,7 @@ class MultiClassMixin:
                 self.category_names = names
             else:
                 check_category_names(self.category_names, names)
+        self._sync_post_processor()
         super().setup(stage)  # type: ignore[misc]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -84,6 +105,7 @@ class MultiClassMixin:
         names = checkpoint.get(CATEGORY_NAMES_KEY)
         if names is not None:
             self.category_names = list(names)
+            self._sync_post_processor()  # per-class tables sized before the state dict is loaded
 
 
 def check_category_names(trained: list[str], given: list[str]) -> None:

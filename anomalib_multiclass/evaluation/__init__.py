@@ -1,0 +1,5 @@
+"""Per-category evaluation (metrics per category, their mean, and pooled over all images)."""
+
+from anomalib_multiclass.evaluation.per_category import DEFAULT_METRICS, PerCategoryEvaluator, format_table
+
+__all__ = ["DEFAULT_METRICS", "PerCategoryEvaluator", "format_table"]

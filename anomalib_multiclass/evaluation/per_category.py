@@ -1,0 +1,227 @@
+"""Per-category evaluation: the multi-class papers' protocol inside anomalib's ``Evaluator``.
+
+Every metric is computed on each category's test images, then averaged over the categories (the number
+the papers report, e.g. "mean image AUROC over the 15 MVTec AD categories"); the same metrics over all
+images mixed (the stricter "absolute-unified" view) are reported as ``pooled``. At the end of a test run
+the table is printed, logged to the Lightning logger (``image_AUROC/<category>``, ``image_AUROC/mean``,
+``image_AUROC/pooled``; the mean also under the plain anomalib name ``image_AUROC``), and written as
+``per_category_metrics.csv`` / ``.json`` in the run's directory.
+
+Memory: pixel-level metrics keep every pixel score of the test set (as anomalib's own pixel AUROC does),
+twice (per category and pooled): about 8 bytes × pixels × test images. Pass a shorter ``metrics`` list
+for very large test sets.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator, F1Max
+from anomalib.metrics.base import AnomalibMetric
+from lightning.pytorch import LightningModule, Trainer
+
+logger = logging.getLogger(__name__)
+
+IMAGE_FIELDS = ("pred_score", "gt_label")
+PIXEL_FIELDS = ("anomaly_map", "gt_mask")
+METRICS: dict[str, tuple[type[AnomalibMetric], tuple[str, str]]] = {
+    "image_AUROC": (AUROC, IMAGE_FIELDS),
+    "image_AP": (AUPR, IMAGE_FIELDS),
+    "image_F1Max": (F1Max, IMAGE_FIELDS),
+    "pixel_AUROC": (AUROC, PIXEL_FIELDS),
+    "pixel_AP": (AUPR, PIXEL_FIELDS),
+    "pixel_F1Max": (F1Max, PIXEL_FIELDS),
+    "AUPRO": (AUPRO, PIXEL_FIELDS),
+}
+DEFAULT_METRICS = tuple(METRICS)
+ALL_CATEGORY = "all"
+
+
+def _make_metrics(names: Sequence[str]) -> dict[str, AnomalibMetric]:
+    metrics = {}
+    for name in names:
+        cls, fields = METRICS[name]
+        metric = cls(fields=list(fields), strict=False)
+        metric.compute_on_cpu = True
+        metrics[name] = metric
+    return metrics
+
+
+def _select(batch: Any, index: torch.Tensor) -> SimpleNamespace:  # noqa: ANN401
+    """The fields the metrics read, restricted to the images at ``index``."""
+    fields = {}
+    for name in (*IMAGE_FIELDS, *PIXEL_FIELDS):
+        value = getattr(batch, name, None)
+        if isinstance(value, torch.Tensor):
+            value = value.detach()[index.to(value.device)].cpu()
+            if name == "anomaly_map" and value.dim() == 4:
+                value = value.squeeze(1)
+        fields[name] = value
+    return SimpleNamespace(**fields)
+
+
+def _value(metric: AnomalibMetric) -> float:
+    try:
+        with torch.no_grad():
+            return float(metric.compute())
+    except (RuntimeError, ValueError, IndexError) as error:  # e.g. only normal images in a category
+        logger.debug("Metric %s undefined: %s", metric.name, error)
+        return math.nan
+
+
+def format_table(results: dict[str, dict[str, float]], metric_names: Sequence[str]) -> str:
+    """Plain-text table: one row per category, then mean and pooled."""
+    header = ["category", *metric_names]
+    rows = [[name] + [f"{values.get(m, math.nan):.4f}" for m in metric_names] for name, values in results.items()]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))
+
+    sep = "  ".join("-" * w for w in widths)
+    body = [line(r) for r in rows]
+    n_cat = len(rows) - 2
+    return "\n".join([line(header), sep, *body[:n_cat], sep, *body[n_cat:]])
+
+
+class PerCategoryEvaluator(Evaluator):
+    """anomalib ``Evaluator`` that reports every test metric per category, their mean and the pooled value.
+
+    Args:
+        metrics: Test metrics by name, from ``image_AUROC``, ``image_AP``, ``image_F1Max``, ``pixel_AUROC``,
+            ``pixel_AP``, ``pixel_F1Max``, ``AUPRO``.
+        val_metrics: Validation metrics (anomalib's, pooled); default image and pixel AUROC.
+        output_dir: Where the CSV/JSON go; default the trainer's log directory (or ``default_root_dir``).
+        compute_on_cpu: As anomalib's ``Evaluator``.
+    """
+
+    def __init__(
+        self,
+        metrics: Sequence[str] = DEFAULT_METRICS,
+        val_metrics: Sequence[AnomalibMetric] | None = None,
+        output_dir: str | Path | None = None,
+        compute_on_cpu: bool = True,
+    ) -> None:
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            msg = f"Unknown metrics {unknown}. Available: {list(METRICS)}."
+            raise ValueError(msg)
+        if val_metrics is None:
+            val_metrics = [
+                AUROC(fields=list(IMAGE_FIELDS), prefix="image_"),
+                AUROC(fields=list(PIXEL_FIELDS), prefix="pixel_", strict=False),
+            ]
+        super().__init__(val_metrics=val_metrics, test_metrics=None, compute_on_cpu=compute_on_cpu)
+        self.metric_names = list(metrics)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self._per_category: dict[str, dict[str, AnomalibMetric]] = {}
+        self._pooled: dict[str, AnomalibMetric] = {}
+        self.results: dict[str, dict[str, float]] = {}
+
+    def reset(self) -> None:
+        """Forget what was accumulated."""
+        self._per_category = {}
+        self._pooled = _make_metrics(self.metric_names)
+
+    def update(self, batch: Any) -> None:  # noqa: ANN401
+        """Accumulate one batch (anything with ``pred_score``/``gt_label``/``anomaly_map``/``gt_mask`` and,
+        optionally, ``category``)."""
+        if not self._pooled:
+            self.reset()
+        size = next(
+            (len(v) for v in (getattr(batch, f, None) for f in ("pred_score", "anomaly_map")) if v is not None), 0
+        )
+        categories = getattr(batch, "category", None) or [ALL_CATEGORY] * size
+        everything = torch.arange(size)
+        pooled = _select(batch, everything)
+        for metric in self._pooled.values():
+            metric.update(pooled)
+        for category in dict.fromkeys(categories):
+            index = torch.tensor([i for i, c in enumerate(categories) if c == category])
+            if category not in self._per_category:
+                self._per_category[category] = _make_metrics(self.metric_names)
+            part = _select(batch, index)
+            for metric in self._per_category[category].values():
+                metric.update(part)
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        """``{category: {metric: value}, ..., "mean": ..., "pooled": ...}``; NaN where a metric is undefined."""
+        results = {
+            category: {name: _value(metric) for name, metric in metrics.items()}
+            for category, metrics in sorted(self._per_category.items())
+        }
+        mean = {}
+        for name in self.metric_names:
+            values = [v[name] for v in results.values() if not math.isnan(v[name])]
+            mean[name] = sum(values) / len(values) if values else math.nan
+        results["mean"] = mean
+        results["pooled"] = {name: _value(metric) for name, metric in self._pooled.items()}
+        self.results = results
+        return results
+
+    # --- Lightning hooks -------------------------------------------------------------------------
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start from empty accumulators."""
+        del trainer, pl_module
+        self.reset()
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,  # noqa: ANN401
+        batch: Any,  # noqa: ANN401
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Accumulate the post-processed batch."""
+        del trainer, pl_module, outputs, batch_idx, dataloader_idx
+        self.update(batch)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Compute, log, print and write the per-category table."""
+        results = self.compute()
+        names = [m for m in self.metric_names if any(not math.isnan(v[m]) for v in results.values())]
+        for row, values in results.items():
+            for name in names:
+                if not math.isnan(values[name]):
+                    pl_module.log(f"{name}/{row}", values[name], sync_dist=False)
+        for name in names:  # plain anomalib names = the mean over categories (the papers' number)
+            if not math.isnan(results["mean"][name]):
+                pl_module.log(name, results["mean"][name], sync_dist=False)
+        table = format_table(results, names)
+        print(f"\nPer-category test metrics ({len(results) - 2} categories):\n{table}\n")  # noqa: T201
+        directory = self._directory(trainer)
+        if directory is not None:
+            self.write(directory)
+
+    def _directory(self, trainer: Trainer) -> Path | None:
+        if self.output_dir is not None:
+            return self.output_dir
+        for candidate in (getattr(trainer, "log_dir", None), getattr(trainer, "default_root_dir", None)):
+            if candidate:
+                return Path(candidate)
+        return None
+
+    def write(self, directory: str | Path) -> tuple[Path, Path]:
+        """Write ``per_category_metrics.csv`` and ``.json`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        csv_path, json_path = directory / "per_category_metrics.csv", directory / "per_category_metrics.json"
+        with csv_path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["category", *self.metric_names])
+            for row, values in self.results.items():
+                writer.writerow([row, *(values[m] for m in self.metric_names)])
+        json_path.write_text(json.dumps(self.results, indent=2, allow_nan=True))
+        logger.info("Per-category metrics written to %s and %s", csv_path, json_path)
+        return csv_path, json_path
+
