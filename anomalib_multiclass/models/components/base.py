@@ -21,6 +21,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from anomalib.metrics import Evaluator
+    from anomalib.visualization import Visualizer
     from torchvision.transforms.v2 import Transform
 
 CATEGORY_NAMES_KEY = "anomalib_multiclass_category_names"
@@ -77,6 +78,13 @@ class MultiClassMixin:
         from anomalib_multiclass.post_processing import ClassAwarePostProcessor
 
         return ClassAwarePostProcessor(num_classes=len(self.category_names or []))
+
+    @staticmethod
+    def configure_visualizer() -> Visualizer:
+        """Heat-map pictures, one folder per category."""
+        from anomalib_multiclass.visualization import MultiClassImageVisualizer
+
+        return MultiClassImageVisualizer()
 
     def _sync_post_processor(self) -> None:
         resize = getattr(getattr(self, "post_processor", None), "set_num_classes", None)

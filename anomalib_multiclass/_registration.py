@@ -1,0 +1,84 @@
+"""Make anomalib find this package's models and datamodules by name, with no step beyond installing it.
+
+anomalib 2.7 has no plugin entry points: ``get_model``, ``list_models`` and the CLI's short names only see
+classes that are already imported, and ``get_model({"class_path": ...})`` only imports from an allow-list.
+The installed ``anomalib_multiclass.pth`` file imports this module at interpreter start-up; it only adds an
+import hook (no torch, no anomalib). When a program imports ``anomalib.models`` or ``anomalib.data``, the hook
+imports ours right after, so ``anomalib train --model UniAD --data MultiClassMVTecAD`` and
+``get_model("uniad")`` work; programs that never import anomalib never pay for it.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import sys
+from types import ModuleType
+from typing import Any
+
+_COMPANIONS = {
+    "anomalib.models": "anomalib_multiclass.models",
+    "anomalib.data": "anomalib_multiclass.data",
+}
+
+
+def _after_import(name: str) -> None:
+    if name == "anomalib.models":
+        allowed = getattr(sys.modules[name], "ALLOWED_MODULES", None)
+        if isinstance(allowed, set):
+            allowed.add("anomalib_multiclass.models")
+    try:
+        __import__(_COMPANIONS[name])
+    except Exception as error:  # noqa: BLE001 - never break anomalib itself because of this plugin
+        import warnings
+
+        warnings.warn(f"anomalib-multiclass could not register {_COMPANIONS[name]}: {error!r}", stacklevel=2)
+
+
+class _Loader(importlib.abc.Loader):
+    """Runs the real loader, then imports our companion module."""
+
+    def __init__(self, loader: Any, name: str) -> None:  # noqa: ANN401
+        self.loader = loader
+        self.name = name
+
+    def create_module(self, spec: Any) -> ModuleType | None:  # noqa: ANN401
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.loader.exec_module(module)
+        _after_import(self.name)
+
+    def __getattr__(self, attribute: str) -> Any:  # noqa: ANN401 - e.g. get_resource_reader, is_package
+        return getattr(self.loader, attribute)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Finds ``anomalib.models``/``anomalib.data`` with the other finders and wraps their loader."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:  # noqa: ANN401
+        if fullname not in _COMPANIONS:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _Loader(spec.loader, fullname)
+                return spec
+        return None
+
+
+def install() -> None:
+    """Add the hook once; if anomalib is already imported, register right away."""
+    if not any(isinstance(finder, _Finder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _Finder())
+    for name in _COMPANIONS:
+        if name in sys.modules:
+            _after_import(name)
+
+
+def register() -> None:
+    """Import our models and datamodules now (for programs started before the package was installed)."""
+    for name in _COMPANIONS:
+        __import__(name)
+        _after_import(name)
