@@ -1,0 +1,1 @@
+"""Utilities: offline pretrained weights."""
