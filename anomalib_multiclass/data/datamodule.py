@@ -167,8 +167,8 @@ class MultiClassDataModule(AnomalibDataModule):
             datamodule = self.category_datamodule(category)
             try:
                 datamodule._setup()  # noqa: SLF001 - anomalib's own per-category sample parsing
-            except RuntimeError as error:
-                msg = f"{self.name}: could not read category {category!r}: {error}"
+            except (RuntimeError, ValueError, KeyError) as error:
+                msg = f"{self.name}: could not read category {category!r} with anomalib's parser: {error}"
                 raise EmptyCategoryError(msg) from error
             train = datamodule.train_data.samples.copy()
             test = datamodule.test_data.samples.copy()

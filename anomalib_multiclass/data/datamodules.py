@@ -18,6 +18,7 @@ from anomalib.data.datasets.image.realiad import CATEGORIES as REALIAD_CATEGORIE
 from anomalib.data.datasets.image.visa import CATEGORIES as VISA_CATEGORIES
 
 from anomalib_multiclass.data.datamodule import EmptyCategoryError, MultiClassDataModule, resolve_root
+from anomalib_multiclass.data.dataset import MaskMismatchError
 
 _COMMON = ("train_batch_size", "eval_batch_size", "num_workers")
 
@@ -137,6 +138,7 @@ class MultiClassFolder(_RootedMultiClassDataModule):
         if not any(f.is_file() for f in (folder / "train" / "good").glob("*")):
             msg = f"Category {category!r}: {folder / 'train' / 'good'} is missing or empty. Put normal images there."
             raise EmptyCategoryError(msg)
+        _check_masks(folder)
         return self._single(MVTecAD, category=category)
 
     def prepare_data(self) -> None:
@@ -202,6 +204,21 @@ class MixedMultiClassDataModule(MultiClassDataModule):
         """Each child prepares (downloads) its own data."""
         for datamodule in self.datamodules:
             datamodule.prepare_data()
+
+
+def _check_masks(folder: Path) -> None:
+    """Every defect image needs ``ground_truth/<defect>/<name>_mask.*`` once any ground truth exists."""
+    ground_truth = folder / "ground_truth"
+    if not ground_truth.is_dir():
+        return
+    for defect in sorted(p for p in (folder / "test").iterdir() if p.is_dir() and p.name != "good"):
+        for image in sorted(f for f in defect.iterdir() if f.is_file()):
+            if not any((ground_truth / defect.name).glob(f"{image.stem}_mask.*")):
+                msg = (
+                    f"Anomalous image {image} has no mask: expected {ground_truth / defect.name / (image.stem + '_mask.png')}."
+                    " Add the mask or move the image out of the test set."
+                )
+                raise MaskMismatchError(msg)
 
 
 def _prefix(datamodule: MultiClassDataModule) -> str:

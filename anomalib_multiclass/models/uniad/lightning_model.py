@@ -133,7 +133,7 @@ class UniAD(MultiClassMixin, AnomalibModule):
         features = self.feature_cache.get_or_compute(list(batch.image_path), batch.image, self.model.extract_features)
         output = self.model(batch.image, features=features)
         loss = self.loss(output["reconstruction"], output["features"])
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
+        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
         return {"loss": loss}
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:

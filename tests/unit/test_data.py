@@ -1,0 +1,182 @@
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import ColorJitter
+
+from anomalib_multiclass.data import (
+    CorruptImageError,
+    EmptyCategoryError,
+    MaskMismatchError,
+    MixedMultiClassDataModule,
+    MultiClassFolder,
+    MultiClassImageBatch,
+    MultiClassMVTecAD,
+    MultiClassVisA,
+    UnknownCategoryError,
+    check_category_names,
+)
+from anomalib_multiclass.data.synthetic import make_synthetic_dataset
+from anomalib_multiclass.models.components.base import CategoryMismatchError
+
+
+def _datamodule(root, **kwargs):
+    kwargs = {"train_batch_size": 4, "eval_batch_size": 4, "num_workers": 0, "seed": 0, **kwargs}
+    datamodule = MultiClassFolder(root=root, **kwargs)
+    datamodule.setup()
+    return datamodule
+
+
+def _copy(root, tmp_path):
+    target = tmp_path / "data"
+    shutil.copytree(root, target)
+    return target
+
+
+def test_batches_carry_category_and_consistent_class_index(synthetic_root):
+    datamodule = _datamodule(synthetic_root, val_split_mode="from_test")
+    assert datamodule.category_names == ["brick", "coffee", "grass"]
+    for loader in (datamodule.train_dataloader(), datamodule.val_dataloader(), datamodule.test_dataloader()):
+        seen = set()
+        for batch in loader:
+            assert isinstance(batch, MultiClassImageBatch)
+            assert batch.image.shape[1] == 3
+            for category, index in zip(batch.category, batch.class_index.tolist(), strict=True):
+                assert datamodule.category_names[index] == category
+                seen.add(category)
+        assert seen == {"brick", "coffee", "grass"}, "every split holds every category"
+
+
+def test_validation_split_takes_every_category(synthetic_root):
+    datamodule = _datamodule(synthetic_root, val_split_mode="from_test")
+    val = datamodule.val_data.samples
+    test = datamodule.test_data.samples
+    assert set(val.category) == set(test.category) == {"brick", "coffee", "grass"}
+    assert not set(val.image_path) & set(test.image_path)
+
+
+def test_explicit_category_order_keeps_trained_indices(synthetic_root):
+    datamodule = _datamodule(synthetic_root, categories=["grass"], category_names=["grass", "brick", "coffee"])
+    batch = next(iter(datamodule.test_dataloader()))
+    assert set(batch.class_index.tolist()) == {0}
+    with pytest.raises(UnknownCategoryError, match="coffee"):
+        _datamodule(synthetic_root, category_names=["grass", "brick"])
+
+
+def test_mixed_datasets_are_namespaced_with_one_index_space(synthetic_root, tmp_path):
+    other = make_synthetic_dataset(tmp_path / "other", categories=["brick", "coins"], n_train=3, n_test_good=1, n_test_defect=2, image_size=64, seed=5)
+    mixed = MixedMultiClassDataModule(
+        datamodules=[MultiClassFolder(root=synthetic_root), MultiClassFolder(root=other)],
+        prefixes=["a", "b"],
+        train_batch_size=64,
+        eval_batch_size=64,
+        num_workers=0,
+    )
+    mixed.setup()
+    assert mixed.category_names == ["a/brick", "a/coffee", "a/grass", "b/brick", "b/coins"]
+    batch = next(iter(mixed.train_dataloader()))
+    assert set(batch.category) == set(mixed.category_names), "a batch mixes the datasets"
+    for category, index in zip(batch.category, batch.class_index.tolist(), strict=True):
+        assert mixed.category_names[index] == category
+    assert len(mixed.train_data) == 3 * 6 + 2 * 3
+
+
+def test_visa_layout_goes_through_anomalibs_split_preparation(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "visa", layout="visa", categories=["gravel", "coins"], n_train=3, n_test_good=2, n_test_defect=2, image_size=64)
+    # our generator uses two of VisA's own category names' slots: rename to real VisA categories
+    for old, new in (("gravel", "candle"), ("coins", "capsules")):
+        (root / old).rename(root / new)
+    csv_path = root / "split_csv" / "1cls.csv"
+    csv_path.write_text(csv_path.read_text().replace("gravel", "candle").replace("coins", "capsules"))
+    datamodule = MultiClassVisA(root=root, categories=["candle", "capsules"], num_workers=0, train_batch_size=8)
+    datamodule.prepare_data()
+    datamodule.setup()
+    assert datamodule.category_names == ["candle", "capsules"]
+    assert len(datamodule.train_data) == 6
+    batch = next(iter(datamodule.test_dataloader()))
+    assert batch.gt_mask is not None
+
+
+def test_train_view_only_in_training_when_asked(synthetic_root):
+    datamodule = _datamodule(synthetic_root, train_view_transform=ColorJitter(brightness=0.5))
+    datamodule._update_augmentations()
+    train = next(iter(datamodule.train_dataloader()))
+    test = next(iter(datamodule.test_dataloader()))
+    assert train.image_view is not None and train.image_view.shape == train.image.shape
+    assert not torch.equal(train.image_view, train.image)
+    assert test.image_view is None
+
+
+def test_unknown_category_lists_the_available_ones(synthetic_root):
+    with pytest.raises(UnknownCategoryError, match=r"bottle.*Available: \['brick', 'coffee', 'grass'\]"):
+        MultiClassFolder(root=synthetic_root, categories=["bottle"]).categories  # noqa: B018
+    with pytest.raises(UnknownCategoryError, match="carpet"):
+        MultiClassMVTecAD(root=synthetic_root, categories=["carpet", "brick"]).categories  # noqa: B018
+
+
+def test_empty_category_folder_is_an_error(synthetic_root, tmp_path):
+    root = _copy(synthetic_root, tmp_path)
+    for image in (root / "coffee" / "train" / "good").iterdir():
+        image.unlink()
+    with pytest.raises(EmptyCategoryError, match=r"coffee.*train/good"):
+        _datamodule(root)
+
+
+def test_missing_root_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        MultiClassFolder(root=tmp_path / "nothing").categories  # noqa: B018
+
+
+def test_corrupt_image_is_named(synthetic_root, tmp_path):
+    root = _copy(synthetic_root, tmp_path)
+    bad = root / "grass" / "train" / "good" / "001.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(CorruptImageError, match="001.png"):
+        _datamodule(root, verify=True)
+    datamodule = _datamodule(root)
+    index = datamodule.train_data.samples.index[datamodule.train_data.samples.image_path == str(bad)][0]
+    with pytest.raises(CorruptImageError, match=str(bad)):
+        datamodule.train_data[index]
+
+
+def test_anomalous_image_without_mask_is_named(synthetic_root, tmp_path):
+    root = _copy(synthetic_root, tmp_path)
+    mask = next((root / "brick" / "ground_truth").rglob("*_mask.png"))
+    mask.unlink()
+    with pytest.raises((ValueError, MaskMismatchError), match=r"mask"):
+        _datamodule(root)
+
+
+def test_mask_size_mismatch_names_both_files(synthetic_root, tmp_path):
+    root = _copy(synthetic_root, tmp_path)
+    mask = next((root / "brick" / "ground_truth").rglob("*_mask.png"))
+    Image.fromarray(np.zeros((10, 12), dtype=np.uint8)).save(mask)
+    with pytest.raises(MaskMismatchError, match=mask.name):
+        _datamodule(root, verify=True)
+    datamodule = _datamodule(root)
+    samples = datamodule.test_data.samples
+    index = samples.index[samples.mask_path == str(mask)][0]
+    with pytest.raises(MaskMismatchError, match=mask.name):
+        datamodule.test_data[index]
+
+
+def test_grayscale_and_rgba_images_load_as_rgb(synthetic_root, tmp_path):
+    root = _copy(synthetic_root, tmp_path)
+    good = sorted((root / "brick" / "train" / "good").glob("*.png"))
+    Image.open(good[0]).convert("L").save(good[0])
+    Image.open(good[1]).convert("RGBA").save(good[1])
+    datamodule = _datamodule(root)
+    samples = datamodule.train_data.samples
+    for path in good[:2]:
+        item = datamodule.train_data[samples.index[samples.image_path == str(path)][0]]
+        assert item.image.shape[0] == 3
+
+
+def test_category_map_mismatch_is_refused():
+    check_category_names(["a", "b"], ["a", "b"])
+    with pytest.raises(CategoryMismatchError, match="not seen in training"):
+        check_category_names(["a", "b"], ["a", "c"])
+    with pytest.raises(CategoryMismatchError, match="category_names"):
+        check_category_names(["a", "b"], ["b", "a"])
