@@ -8,7 +8,8 @@ the table is printed, logged to the Lightning logger (``image_AUROC/<category>``
 ``per_category_metrics.csv`` / ``.json`` in the run's directory.
 
 Memory: pixel-level metrics keep every pixel score of the test set (as anomalib's own pixel AUROC does),
-twice (per category and pooled): about 8 bytes × pixels × test images. Pass a shorter ``metrics`` list
+once, concatenated per category at the end: about 5 bytes × pixels × test images,
+plus as much again while a metric is computed. Pass a shorter ``metrics`` list
 for very large test sets.
 """
 
@@ -43,16 +44,6 @@ METRICS: dict[str, tuple[type[AnomalibMetric], tuple[str, str]]] = {
 }
 DEFAULT_METRICS = tuple(METRICS)
 ALL_CATEGORY = "all"
-
-
-def _make_metrics(names: Sequence[str]) -> dict[str, AnomalibMetric]:
-    metrics = {}
-    for name in names:
-        cls, fields = METRICS[name]
-        metric = cls(fields=list(fields), strict=False)
-        metric.compute_on_cpu = True
-        metrics[name] = metric
-    return metrics
 
 
 def _select(batch: Any, index: torch.Tensor) -> SimpleNamespace:  # noqa: ANN401
@@ -122,48 +113,59 @@ class PerCategoryEvaluator(Evaluator):
         super().__init__(val_metrics=val_metrics, test_metrics=None, compute_on_cpu=compute_on_cpu)
         self.metric_names = list(metrics)
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self._per_category: dict[str, dict[str, AnomalibMetric]] = {}
-        self._pooled: dict[str, AnomalibMetric] = {}
+        self._per_category: dict[str, dict[str, list[torch.Tensor]]] = {}
         self.results: dict[str, dict[str, float]] = {}
 
     def reset(self) -> None:
         """Forget what was accumulated."""
         self._per_category = {}
-        self._pooled = _make_metrics(self.metric_names)
 
     def update(self, batch: Any) -> None:  # noqa: ANN401
         """Accumulate one batch (anything with ``pred_score``/``gt_label``/``anomaly_map``/``gt_mask`` and,
-        optionally, ``category``)."""
-        if not self._pooled:
-            self.reset()
+        optionally, ``category``).
+
+        The values are kept and the metrics computed once at the end: torchmetrics decides per ``update``
+        whether to squash scores outside [0, 1] with a sigmoid, so batch-wise updates of raw anomaly scores
+        would mix squashed and raw values.
+        """
         size = next(
             (len(v) for v in (getattr(batch, f, None) for f in ("pred_score", "anomaly_map")) if v is not None), 0
         )
         categories = getattr(batch, "category", None) or [ALL_CATEGORY] * size
-        everything = torch.arange(size)
-        pooled = _select(batch, everything)
-        for metric in self._pooled.values():
-            metric.update(pooled)
         for category in dict.fromkeys(categories):
             index = torch.tensor([i for i, c in enumerate(categories) if c == category])
-            if category not in self._per_category:
-                self._per_category[category] = _make_metrics(self.metric_names)
             part = _select(batch, index)
-            for metric in self._per_category[category].values():
-                metric.update(part)
+            store = self._per_category.setdefault(category, {})
+            for name, value in vars(part).items():
+                if value is not None:
+                    store.setdefault(name, []).append(value)
+
+    def _compute_one(self, store: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+        values = {name: torch.cat(parts) for name, parts in store.items()}
+        results = {}
+        for name in self.metric_names:
+            cls, fields = METRICS[name]
+            if any(field not in values for field in fields):
+                results[name] = math.nan
+                continue
+            metric = cls(fields=list(fields), strict=False)
+            metric.update(SimpleNamespace(**{field: values[field] for field in fields}))
+            results[name] = _value(metric)
+        return results
 
     def compute(self) -> dict[str, dict[str, float]]:
         """``{category: {metric: value}, ..., "mean": ..., "pooled": ...}``; NaN where a metric is undefined."""
-        results = {
-            category: {name: _value(metric) for name, metric in metrics.items()}
-            for category, metrics in sorted(self._per_category.items())
-        }
+        results = {category: self._compute_one(store) for category, store in sorted(self._per_category.items())}
         mean = {}
         for name in self.metric_names:
             values = [v[name] for v in results.values() if not math.isnan(v[name])]
             mean[name] = sum(values) / len(values) if values else math.nan
+        pooled_store: dict[str, list[torch.Tensor]] = {}
+        for store in self._per_category.values():
+            for name, parts in store.items():
+                pooled_store.setdefault(name, []).extend(parts)
         results["mean"] = mean
-        results["pooled"] = {name: _value(metric) for name, metric in self._pooled.items()}
+        results["pooled"] = self._compute_one(pooled_store) if pooled_store else dict.fromkeys(self.metric_names, math.nan)
         self.results = results
         return results
 
