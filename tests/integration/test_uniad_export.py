@@ -1,0 +1,71 @@
+"""Exported UniAD (ONNX Runtime, OpenVINO, anomalib's OpenVINOInferencer) gives PyTorch's maps and scores."""
+
+import numpy as np
+import pytest
+import torch
+
+from anomalib_multiclass.models import UniAD
+from tests.conftest import TINY_UNIAD
+
+
+@pytest.fixture(scope="module")
+def trained_module(synthetic_root, tmp_path_factory):
+    from anomalib.engine import Engine
+
+    from anomalib_multiclass.data import MultiClassFolder
+
+    torch.manual_seed(0)
+    module = UniAD(**TINY_UNIAD)
+    engine = Engine(
+        max_epochs=1, accelerator="cpu", default_root_dir=tmp_path_factory.mktemp("run"), logger=False,
+        enable_progress_bar=False,
+    )
+    engine.fit(module, datamodule=MultiClassFolder(root=synthetic_root, num_workers=0, train_batch_size=6))
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    torch.manual_seed(1)
+    return torch.rand(2, 3, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def reference(trained_module, images):
+    with torch.no_grad():
+        return trained_module(images)
+
+
+def test_normalisation_was_learnt(trained_module):
+    assert not torch.isnan(trained_module.post_processor.image_min)
+    assert trained_module.post_processor.num_classes == 3
+
+
+def test_onnx_runtime_parity(trained_module, images, reference, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    path = trained_module.to_onnx(export_root=tmp_path, input_size=(64, 64))
+    session = onnxruntime.InferenceSession(str(path))
+    names = [output.name for output in session.get_outputs()]
+    assert {"pred_score", "anomaly_map"} <= set(names)
+    outputs = dict(zip(names, session.run(None, {session.get_inputs()[0].name: images.numpy()}), strict=True))
+    np.testing.assert_allclose(outputs["anomaly_map"], reference.anomaly_map.numpy(), atol=1e-4)
+    np.testing.assert_allclose(outputs["pred_score"], reference.pred_score.numpy(), atol=1e-4)
+
+
+def test_openvino_parity_and_inferencer(trained_module, images, reference, tmp_path):
+    openvino = pytest.importorskip("openvino")
+    from anomalib.deploy import OpenVINOInferencer
+
+    path = trained_module.to_openvino(export_root=tmp_path, input_size=(64, 64))
+    compiled = openvino.Core().compile_model(str(path), "CPU")
+    result = compiled(images.numpy())
+    outputs = {port.get_any_name(): value for port, value in result.items()}
+    np.testing.assert_allclose(outputs["anomaly_map"], reference.anomaly_map.numpy(), atol=1e-4)
+    np.testing.assert_allclose(outputs["pred_score"], reference.pred_score.numpy(), atol=1e-4)
+
+    inferencer = OpenVINOInferencer(path=path, device="CPU")
+    prediction = inferencer.predict(images[0])
+    np.testing.assert_allclose(
+        np.asarray(prediction.anomaly_map).squeeze(), reference.anomaly_map[0].squeeze().numpy(), atol=1e-4
+    )
+    np.testing.assert_allclose(np.asarray(prediction.pred_score).reshape(-1)[0], reference.pred_score[0].item(), atol=1e-4)
