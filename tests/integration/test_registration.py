@@ -1,0 +1,55 @@
+"""After `pip install`, anomalib finds our models and datamodules by name; unrelated programs stay light."""
+
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+
+def _run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_the_startup_hook_is_installed():
+    site = Path(sysconfig.get_paths()["purelib"])
+    assert (site / "anomalib_multiclass.pth").exists(), "pip install -e . (or .) installs anomalib_multiclass.pth"
+
+
+def test_unrelated_programs_do_not_import_torch_or_anomalib():
+    assert _run("import sys, json; print('torch' in sys.modules, 'anomalib' in sys.modules)") == "False False"
+
+
+def test_get_model_by_short_name_and_by_class_path():
+    out = _run(
+        "from anomalib.models import get_model, list_models\n"
+        "a = get_model('uniad', pre_trained=False, backbone='tf_efficientnet_lite0', input_size=(64, 64))\n"
+        "b = get_model({'class_path': 'anomalib_multiclass.models.UniAD', 'init_args': "
+        "{'pre_trained': False, 'backbone': 'tf_efficientnet_lite0', 'input_size': [64, 64]}})\n"
+        "print(type(a).__name__, type(b).__name__, 'uni_a_d' in list_models())"
+    )
+    assert out == "UniAD UniAD True"
+
+
+def test_datamodules_are_found_by_short_name_through_anomalib_data():
+    out = _run(
+        "import anomalib.data\n"
+        "from anomalib.data.datamodules.base.image import AnomalibDataModule\n"
+        "names = set()\n"
+        "stack = [AnomalibDataModule]\n"
+        "while stack:\n"
+        "    cls = stack.pop(); names.add(cls.__name__); stack.extend(cls.__subclasses__())\n"
+        "print(sorted(n for n in names if n.startswith(('MultiClass', 'Mixed'))))"
+    )
+    for name in ("MultiClassMVTecAD", "MultiClassVisA", "MultiClassRealIAD", "MultiClassBTAD", "MultiClassFolder"):
+        assert name in out
+
+
+@pytest.mark.parametrize("model", ["UniAD"])
+def test_cli_help_resolves_the_short_model_name(model):
+    result = subprocess.run(
+        ["anomalib", "train", "--model", model, "--print_config"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"anomalib_multiclass.models.{model}" in result.stdout
