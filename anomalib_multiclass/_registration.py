@@ -28,7 +28,7 @@ def _after_import(name: str) -> None:
             allowed.add("anomalib_multiclass.models")
     try:
         __import__(_COMPANIONS[name])
-    except Exception as error:  # noqa: BLE001 - never break anomalib itself because of this plugin
+    except Exception as error:
         import warnings
 
         warnings.warn(f"anomalib-multiclass could not register {_COMPANIONS[name]}: {error!r}", stacklevel=2)
@@ -37,25 +37,25 @@ def _after_import(name: str) -> None:
 class _Loader(importlib.abc.Loader):
     """Runs the real loader, then imports our companion module."""
 
-    def __init__(self, loader: Any, name: str) -> None:  # noqa: ANN401
+    def __init__(self, loader: Any, name: str) -> None:
         self.loader = loader
         self.name = name
 
-    def create_module(self, spec: Any) -> ModuleType | None:  # noqa: ANN401
+    def create_module(self, spec: Any) -> ModuleType | None:
         return self.loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
         self.loader.exec_module(module)
         _after_import(self.name)
 
-    def __getattr__(self, attribute: str) -> Any:  # noqa: ANN401 - e.g. get_resource_reader, is_package
+    def __getattr__(self, attribute: str) -> Any:
         return getattr(self.loader, attribute)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
     """Finds ``anomalib.models``/``anomalib.data`` with the other finders and wraps their loader."""
 
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:  # noqa: ANN401
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         if fullname not in _COMPANIONS:
             return None
         for finder in sys.meta_path:

@@ -32,7 +32,7 @@ def category_output_path(image_path: str, category: str | None, output_dir: Path
 class MultiClassImageVisualizer(ImageVisualizer):
     """anomalib's image visualizer, saving pictures in one folder per category."""
 
-    def _save(self, trainer: Any, batch: Any) -> None:  # noqa: ANN401
+    def _save(self, trainer: Any, batch: Any) -> None:
         if self.output_dir is None:
             self.output_dir = Path(trainer.default_root_dir) / "images"
         categories = getattr(batch, "category", None)
@@ -50,12 +50,16 @@ class MultiClassImageVisualizer(ImageVisualizer):
                 category = categories[index] if categories else None
                 image.save(category_output_path(item.image_path or f"{index}.png", category, Path(self.output_dir)))
 
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401, E501
+    def on_test_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, *args: Any, **kwargs: Any
+    ) -> None:
         """Save one picture per test image."""
         del pl_module, outputs, args, kwargs
         self._save(trainer, batch)
 
-    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401, E501
+    def on_predict_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, *args: Any, **kwargs: Any
+    ) -> None:
         """Save one picture per predicted image."""
         del pl_module, args, kwargs
         self._save(trainer, outputs if outputs is not None else batch)

@@ -104,7 +104,7 @@ class MultiClassDataModule(AnomalibDataModule):
 
     @abstractmethod
     def category_datamodule(self, category: str) -> AnomalibDataModule:
-        """anomalib's single-category datamodule for ``category`` (its prepare/setup are reused)."""
+        """Anomalib's single-category datamodule for ``category`` (its prepare/setup are reused)."""
 
     # --- categories ------------------------------------------------------------------------------
     @property
@@ -147,7 +147,7 @@ class MultiClassDataModule(AnomalibDataModule):
 
     @property
     def category(self) -> str:
-        """anomalib reads ``datamodule.category`` for result paths: all categories joined."""
+        """Anomalib reads ``datamodule.category`` for result paths: all categories joined."""
         return "+".join(self.categories) if self._categories or self._requested_categories else "all"
 
     @category.setter
@@ -166,7 +166,7 @@ class MultiClassDataModule(AnomalibDataModule):
         for category in self.categories:
             datamodule = self.category_datamodule(category)
             try:
-                datamodule._setup()  # noqa: SLF001 - anomalib's own per-category sample parsing
+                datamodule._setup()
             except (RuntimeError, ValueError, KeyError) as error:
                 msg = f"{self.name}: could not read category {category!r} with anomalib's parser: {error}"
                 raise EmptyCategoryError(msg) from error
@@ -210,7 +210,7 @@ class MultiClassDataModule(AnomalibDataModule):
         self.test_data = MultiClassDataset(test, names, task=task)
 
     def _create_val_split(self) -> None:
-        """anomalib's split, but per category so that every category gets validation images."""
+        """Anomalib's split, but per category so that every category gets validation images."""
         if self.val_split_mode not in {ValSplitMode.FROM_TEST, ValSplitMode.FROM_TRAIN}:
             super()._create_val_split()
             return
@@ -238,7 +238,7 @@ class MultiClassDataModule(AnomalibDataModule):
         return getattr(model, "train_view_transform", None)
 
     def _update_augmentations(self) -> None:
-        """anomalib's augmentation wiring, plus the second training view if the model asks for one."""
+        """Anomalib's augmentation wiring, plus the second training view if the model asks for one."""
         super()._update_augmentations()
         view = self._model_view_transform()
         train_data = getattr(self, "train_data", None)

@@ -51,7 +51,7 @@ class MultiClassMVTecAD(_RootedMultiClassDataModule):
         return list(MVTEC_CATEGORIES)
 
     def category_datamodule(self, category: str) -> AnomalibDataModule:
-        """anomalib's ``MVTecAD`` for one category."""
+        """Anomalib's ``MVTecAD`` for one category."""
         return self._single(MVTecAD, category=category)
 
 
@@ -65,7 +65,7 @@ class MultiClassVisA(_RootedMultiClassDataModule):
         return list(VISA_CATEGORIES)
 
     def category_datamodule(self, category: str) -> AnomalibDataModule:
-        """anomalib's ``Visa`` for one category."""
+        """Anomalib's ``Visa`` for one category."""
         return self._single(Visa, category=category)
 
 
@@ -95,7 +95,7 @@ class MultiClassRealIAD(_RootedMultiClassDataModule):
         return list(REALIAD_CATEGORIES)
 
     def category_datamodule(self, category: str) -> AnomalibDataModule:
-        """anomalib's ``RealIAD`` for one category."""
+        """Anomalib's ``RealIAD`` for one category."""
         json_path = str(self.json_path).format(category=category)
         return self._single(RealIAD, category=category, resolution=self.resolution, json_path=json_path)
 
@@ -110,7 +110,7 @@ class MultiClassBTAD(_RootedMultiClassDataModule):
         return list(BTECH_CATEGORIES)
 
     def category_datamodule(self, category: str) -> AnomalibDataModule:
-        """anomalib's ``BTech`` for one category."""
+        """Anomalib's ``BTech`` for one category."""
         return self._single(BTech, category=category)
 
 
@@ -214,10 +214,8 @@ def _check_masks(folder: Path) -> None:
     for defect in sorted(p for p in (folder / "test").iterdir() if p.is_dir() and p.name != "good"):
         for image in sorted(f for f in defect.iterdir() if f.is_file()):
             if not any((ground_truth / defect.name).glob(f"{image.stem}_mask.*")):
-                msg = (
-                    f"Anomalous image {image} has no mask: expected {ground_truth / defect.name / (image.stem + '_mask.png')}."
-                    " Add the mask or move the image out of the test set."
-                )
+                expected = ground_truth / defect.name / f"{image.stem}_mask.png"
+                msg = f"Anomalous image {image} has no mask: expected {expected}. Add it or move the image out of test."
                 raise MaskMismatchError(msg)
 
 

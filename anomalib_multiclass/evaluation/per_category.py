@@ -46,7 +46,7 @@ DEFAULT_METRICS = tuple(METRICS)
 ALL_CATEGORY = "all"
 
 
-def _select(batch: Any, index: torch.Tensor) -> SimpleNamespace:  # noqa: ANN401
+def _select(batch: Any, index: torch.Tensor) -> SimpleNamespace:
     """The fields the metrics read, restricted to the images at ``index``."""
     fields = {}
     for name in (*IMAGE_FIELDS, *PIXEL_FIELDS):
@@ -120,13 +120,12 @@ class PerCategoryEvaluator(Evaluator):
         """Forget what was accumulated."""
         self._per_category = {}
 
-    def update(self, batch: Any) -> None:  # noqa: ANN401
-        """Accumulate one batch (anything with ``pred_score``/``gt_label``/``anomaly_map``/``gt_mask`` and,
-        optionally, ``category``).
+    def update(self, batch: Any) -> None:
+        """Accumulate one batch: ``pred_score``/``gt_label``/``anomaly_map``/``gt_mask`` and ``category``.
 
-        The values are kept and the metrics computed once at the end: torchmetrics decides per ``update``
-        whether to squash scores outside [0, 1] with a sigmoid, so batch-wise updates of raw anomaly scores
-        would mix squashed and raw values.
+        A batch without ``category`` counts as one category, ``all``. The values are kept and the metrics
+        computed once at the end: torchmetrics decides per ``update`` whether to squash scores outside
+        [0, 1] with a sigmoid, so batch-wise updates of raw anomaly scores would mix squashed and raw values.
         """
         size = next(
             (len(v) for v in (getattr(batch, f, None) for f in ("pred_score", "anomaly_map")) if v is not None), 0
@@ -165,7 +164,9 @@ class PerCategoryEvaluator(Evaluator):
             for name, parts in store.items():
                 pooled_store.setdefault(name, []).extend(parts)
         results["mean"] = mean
-        results["pooled"] = self._compute_one(pooled_store) if pooled_store else dict.fromkeys(self.metric_names, math.nan)
+        results["pooled"] = (
+            self._compute_one(pooled_store) if pooled_store else dict.fromkeys(self.metric_names, math.nan)
+        )
         self.results = results
         return results
 
@@ -179,8 +180,8 @@ class PerCategoryEvaluator(Evaluator):
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        outputs: Any,  # noqa: ANN401
-        batch: Any,  # noqa: ANN401
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
@@ -200,7 +201,7 @@ class PerCategoryEvaluator(Evaluator):
             if not math.isnan(results["mean"][name]):
                 pl_module.log(name, results["mean"][name], sync_dist=False)
         table = format_table(results, names)
-        print(f"\nPer-category test metrics ({len(results) - 2} categories):\n{table}\n")  # noqa: T201
+        print(f"\nPer-category test metrics ({len(results) - 2} categories):\n{table}\n")
         directory = self._directory(trainer)
         if directory is not None:
             self.write(directory)
@@ -226,4 +227,3 @@ class PerCategoryEvaluator(Evaluator):
         json_path.write_text(json.dumps(self.results, indent=2, allow_nan=True))
         logger.info("Per-category metrics written to %s and %s", csv_path, json_path)
         return csv_path, json_path
-

@@ -68,7 +68,7 @@ class ClassAwarePostProcessor(PostProcessor):
 
     # --- learning the values on validation data ----------------------------------------------------
     @staticmethod
-    def batch_classes(batch: Any) -> torch.Tensor | None:  # noqa: ANN401
+    def batch_classes(batch: Any) -> torch.Tensor | None:
         """Class of each image: predicted (``pred_class``) first, else given (``class_index``)."""
         for name in ("pred_class", "class_index"):
             value = getattr(batch, name, None)
@@ -76,7 +76,9 @@ class ClassAwarePostProcessor(PostProcessor):
                 return value.long().reshape(-1)
         return None
 
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Batch, *args, **kwargs) -> None:  # noqa: E501
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Batch, *args, **kwargs
+    ) -> None:
         """Global statistics as anomalib, plus per-class ones from the images' given classes."""
         super().on_validation_batch_end(trainer, pl_module, outputs, *args, **kwargs)
         classes = getattr(outputs, "class_index", None)  # learn from the true class, not a prediction
@@ -227,7 +229,9 @@ def _new_metrics() -> dict[str, Any]:
 class _Subset:
     """Read-only view of some images of a batch, with the fields the statistics need."""
 
-    def __init__(self, batch: Any, index: torch.Tensor) -> None:  # noqa: ANN401
+    def __init__(self, batch: Any, index: torch.Tensor) -> None:
         for name in ("pred_score", "gt_label", "anomaly_map", "gt_mask"):
             value = getattr(batch, name, None)
-            setattr(self, name, value[index.to(value.device)].detach().cpu() if isinstance(value, torch.Tensor) else None)
+            setattr(
+                self, name, value[index.to(value.device)].detach().cpu() if isinstance(value, torch.Tensor) else None
+            )

@@ -12,14 +12,22 @@ from tests.conftest import TINY_UNIAD
 def _anomalib(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     result = subprocess.run(["anomalib", *args], capture_output=True, text=True, env=env, check=False)
-    assert result.returncode == 0, f"anomalib {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"anomalib {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result
 
 
 def _model_args() -> list[str]:
     args = ["--model", "UniAD"]
     for key, value in TINY_UNIAD.items():
-        text = str(list(value)).replace(" ", "") if isinstance(value, tuple) else str(value).lower() if isinstance(value, bool) else str(value)
+        text = (
+            str(list(value)).replace(" ", "")
+            if isinstance(value, tuple)
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+        )
         args += [f"--model.{key}", text]
     return args
 
@@ -28,10 +36,22 @@ def _model_args() -> list[str]:
 def trained_run(synthetic_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     result = _anomalib(
-        "train", *_model_args(),
-        "--data", "MultiClassFolder", "--data.root", str(synthetic_root), "--data.num_workers", "0",
-        "--data.train_batch_size", "6", "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
-        "--default_root_dir", str(root),
+        "train",
+        *_model_args(),
+        "--data",
+        "MultiClassFolder",
+        "--data.root",
+        str(synthetic_root),
+        "--data.num_workers",
+        "0",
+        "--data.train_batch_size",
+        "6",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--default_root_dir",
+        str(root),
     )
     return root, result
 
@@ -51,10 +71,30 @@ def test_test_and_export_from_the_checkpoint(trained_run, synthetic_root, tmp_pa
     root, _ = trained_run
     checkpoint = next(root.rglob("*.ckpt"))
     result = _anomalib(
-        "test", *_model_args(), "--data", "MultiClassFolder", "--data.root", str(synthetic_root),
-        "--data.num_workers", "0", "--ckpt_path", str(checkpoint), "--default_root_dir", str(tmp_path / "test"),
+        "test",
+        *_model_args(),
+        "--data",
+        "MultiClassFolder",
+        "--data.root",
+        str(synthetic_root),
+        "--data.num_workers",
+        "0",
+        "--ckpt_path",
+        str(checkpoint),
+        "--default_root_dir",
+        str(tmp_path / "test"),
     )
     assert "Per-category test metrics" in result.stdout
-    _anomalib("export", *_model_args(), "--export_type", "onnx", "--ckpt_path", str(checkpoint),
-              "--export_root", str(tmp_path / "export"), "--input_size", "[64,64]")
+    _anomalib(
+        "export",
+        *_model_args(),
+        "--export_type",
+        "onnx",
+        "--ckpt_path",
+        str(checkpoint),
+        "--export_root",
+        str(tmp_path / "export"),
+        "--input_size",
+        "[64,64]",
+    )
     assert list(Path(tmp_path / "export").rglob("model.onnx"))

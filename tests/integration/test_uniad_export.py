@@ -17,7 +17,10 @@ def trained_module(synthetic_root, tmp_path_factory):
     torch.manual_seed(0)
     module = UniAD(**TINY_UNIAD)
     engine = Engine(
-        max_epochs=1, accelerator="cpu", default_root_dir=tmp_path_factory.mktemp("run"), logger=False,
+        max_epochs=1,
+        accelerator="cpu",
+        default_root_dir=tmp_path_factory.mktemp("run"),
+        logger=False,
         enable_progress_bar=False,
     )
     engine.fit(module, datamodule=MultiClassFolder(root=synthetic_root, num_workers=0, train_batch_size=6))
@@ -68,4 +71,6 @@ def test_openvino_parity_and_inferencer(trained_module, images, reference, tmp_p
     np.testing.assert_allclose(
         np.asarray(prediction.anomaly_map).squeeze(), reference.anomaly_map[0].squeeze().numpy(), atol=1e-4
     )
-    np.testing.assert_allclose(np.asarray(prediction.pred_score).reshape(-1)[0], reference.pred_score[0].item(), atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(prediction.pred_score).reshape(-1)[0], reference.pred_score[0].item(), atol=1e-4
+    )

@@ -16,10 +16,12 @@ def test_neighbor_mask_is_the_clipped_k_by_k_band():
     expected[1:4, 2:5] = True
     assert torch.equal(grid, expected)
     corner = mask[0].reshape(5, 6)
-    assert corner.sum() == 4 and corner[:2, :2].all()
+    assert corner.sum() == 4
+    assert corner[:2, :2].all()
     assert torch.equal(mask, mask.T)
     seven = neighbor_mask(14, 14, 7)
-    assert seven[7 * 14 + 7].sum() == 49 and seven[0].sum() == 16
+    assert seven[7 * 14 + 7].sum() == 49
+    assert seven[0].sum() == 16
 
 
 def test_attention_matches_torch_multihead_attention_with_the_same_weights():
@@ -51,7 +53,8 @@ def test_position_embedding_is_row_major_columns_then_rows():
     embed = LearnedPositionEmbedding(3, 4, 8)
     pos = embed()[0]
     assert pos.shape == (12, 8)
-    assert torch.equal(pos[5, :4], embed.col_embed[1]) and torch.equal(pos[5, 4:], embed.row_embed[1])
+    assert torch.equal(pos[5, :4], embed.col_embed[1])
+    assert torch.equal(pos[5, 4:], embed.row_embed[1])
 
 
 def test_feature_cache_returns_what_was_computed_and_respects_its_bound():

@@ -32,7 +32,9 @@ def test_per_category_mean_and_pooled_match_a_hand_computation():
     evaluator.reset()
     for start in (0, 5, 11):  # batches that cut across categories
         stop = {0: 5, 5: 11, 11: 16}[start]
-        evaluator.update(_batch(scores[start:stop], labels[start:stop], categories[start:stop], maps[start:stop], masks[start:stop]))
+        evaluator.update(
+            _batch(scores[start:stop], labels[start:stop], categories[start:stop], maps[start:stop], masks[start:stop])
+        )
     results = evaluator.compute()
 
     expected = {}
@@ -51,7 +53,12 @@ def test_per_category_mean_and_pooled_match_a_hand_computation():
     assert results["pooled"]["image_AUROC"] < results["mean"]["image_AUROC"]
     table = format_table(results, ["image_AUROC", "image_AP", "pixel_AUROC"])
     assert table.splitlines()[0].split()[:2] == ["category", "image_AUROC"]
-    assert [line.split()[0] for line in table.splitlines()[2:] if not line.startswith("-")] == ["a", "b", "mean", "pooled"]
+    assert [line.split()[0] for line in table.splitlines()[2:] if not line.startswith("-")] == [
+        "a",
+        "b",
+        "mean",
+        "pooled",
+    ]
 
 
 def test_writes_csv_and_json(tmp_path):
@@ -67,7 +74,9 @@ def test_writes_csv_and_json(tmp_path):
 def test_plain_anomalib_batch_without_category_is_one_category():
     evaluator = PerCategoryEvaluator(metrics=["image_AUROC"])
     evaluator.reset()
-    batch = SimpleNamespace(pred_score=torch.tensor([0.1, 0.9]), gt_label=torch.tensor([0, 1]), anomaly_map=None, gt_mask=None)
+    batch = SimpleNamespace(
+        pred_score=torch.tensor([0.1, 0.9]), gt_label=torch.tensor([0, 1]), anomaly_map=None, gt_mask=None
+    )
     evaluator.update(batch)
     results = evaluator.compute()
     assert list(results) == ["all", "mean", "pooled"]

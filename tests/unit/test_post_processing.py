@@ -58,15 +58,20 @@ def test_unknown_class_falls_back_to_the_global_threshold():
     _fit(post_processor)
     test = SimpleNamespace(pred_score=torch.tensor([9.5]), anomaly_map=None, pred_label=None, pred_mask=None)
     post_processor.post_process_batch(test)
-    assert test.pred_score.item() == post_processor._normalize(
-        torch.tensor([9.5]), post_processor.image_min, post_processor.image_max, post_processor.image_threshold
-    ).item()
+    assert (
+        test.pred_score.item()
+        == post_processor._normalize(
+            torch.tensor([9.5]), post_processor.image_min, post_processor.image_max, post_processor.image_threshold
+        ).item()
+    )
 
 
 def test_exported_forward_uses_the_predicted_class():
     post_processor = ClassAwarePostProcessor(num_classes=2)
     _fit(post_processor)
-    out = post_processor(MultiClassInferenceBatch(pred_score=torch.tensor([0.65, 6.0]), pred_class=torch.tensor([0, 1])))
+    out = post_processor(
+        MultiClassInferenceBatch(pred_score=torch.tensor([0.65, 6.0]), pred_class=torch.tensor([0, 1]))
+    )
     assert out.pred_label.tolist() == [True, False]
     assert torch.equal(out.pred_class, torch.tensor([0, 1]))
 

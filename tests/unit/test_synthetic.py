@@ -40,17 +40,32 @@ def test_mvtec_layout_masks_match_defects(synthetic_root):
 
 
 def test_defects_change_the_image_inside_the_mask(tmp_path):
-    root = make_synthetic_dataset(tmp_path, categories=["grass"], n_train=1, n_test_good=1, n_test_defect=5, image_size=64)
+    root = make_synthetic_dataset(
+        tmp_path, categories=["grass"], n_train=1, n_test_good=1, n_test_defect=5, image_size=64
+    )
     for image_path in (root / "grass" / "test").rglob("*.png"):
         if image_path.parent.name == "good":
             continue
-        mask = np.asarray(Image.open(root / "grass" / "ground_truth" / image_path.parent.name / f"{image_path.stem}_mask.png")) > 0
+        mask = (
+            np.asarray(
+                Image.open(root / "grass" / "ground_truth" / image_path.parent.name / f"{image_path.stem}_mask.png")
+            )
+            > 0
+        )
         assert mask.any()
 
 
 @pytest.mark.parametrize("layout", ["visa", "folder"])
 def test_other_layouts(tmp_path, layout):
-    root = make_synthetic_dataset(tmp_path, layout=layout, categories=["gravel", "coins"], n_train=2, n_test_good=1, n_test_defect=2, image_size=32)
+    root = make_synthetic_dataset(
+        tmp_path,
+        layout=layout,
+        categories=["gravel", "coins"],
+        n_train=2,
+        n_test_good=1,
+        n_test_defect=2,
+        image_size=32,
+    )
     if layout == "visa":
         assert (root / "split_csv" / "1cls.csv").read_text().count("\n") == 1 + 2 * 5
         assert len(list((root / "coins" / "Data" / "Masks" / "Anomaly").glob("*.png"))) == 2

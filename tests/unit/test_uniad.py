@@ -105,8 +105,15 @@ def _train(root, cache: bool):
     datamodule = MultiClassFolder(root=root, train_batch_size=6, eval_batch_size=6, num_workers=0, seed=0)
     recorder = _Losses()
     trainer = Trainer(
-        max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[recorder], limit_val_batches=0, num_sanity_val_steps=0,
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
         deterministic=True,
     )
     trainer.fit(module, datamodule=datamodule)
@@ -116,7 +123,8 @@ def _train(root, cache: bool):
 def test_cached_and_uncached_training_give_the_same_losses(synthetic_root):
     cached, module = _train(synthetic_root, cache=True)
     uncached, _ = _train(synthetic_root, cache=False)
-    assert module.feature_cache.hits > 0 and len(module.feature_cache) == 18
+    assert module.feature_cache.hits > 0
+    assert len(module.feature_cache) == 18
     assert len(cached) == len(uncached) == 9
     assert cached == pytest.approx(uncached, rel=1e-5)
 

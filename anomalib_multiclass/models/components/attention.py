@@ -7,7 +7,7 @@ built once from the map size and kept as buffers, never rebuilt in a forward pas
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import nn
 
 
