@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,21 +13,20 @@ from anomalib.models.components import AnomalibModule
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
-from torch import nn, optim
-from torchvision.transforms.v2 import Compose, Normalize, Resize
+from torch import nn
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
+from anomalib_multiclass.models.components.training import (
+    FeatureCacheMixin,
+    adamw_with_step_decay,
+    imagenet_pre_processor,
+)
 from anomalib_multiclass.models.uniad.loss import UniADLoss
 from anomalib_multiclass.models.uniad.torch_model import UniADModel
 
-logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class UniAD(MultiClassMixin, AnomalibModule):
+class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
     """UniAD: one reconstruction transformer for all categories (You et al., NeurIPS 2022).
 
     Defaults are the paper's MVTec AD recipe: frozen EfficientNet-b4 (stages 1-4, 272 channels at 14 × 14 for
@@ -116,22 +114,12 @@ class UniAD(MultiClassMixin, AnomalibModule):
 
     def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
         """Resize to the model's input size and normalise with ImageNet statistics (UniAD, no augmentation)."""
-        size = image_size or getattr(self, "model_input_size", (224, 224))
-        return PreProcessor(transform=Compose([Resize(size, antialias=True), Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
-
-    def on_fit_start(self) -> None:
-        """Use the feature cache only when training images are not randomly augmented."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        augmented = getattr(datamodule, "train_augmentations", None) is not None
-        if self.feature_cache.enabled and augmented:
-            logger.info("Training augmentations are set: frozen features are recomputed every step (no cache).")
-            self.feature_cache.enabled = False
+        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (224, 224)))
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruct the (jittered) frozen features; MSE to the clean ones."""
         del args, kwargs
-        features = self.feature_cache.get_or_compute(list(batch.image_path), batch.image, self.model.extract_features)
-        output = self.model(batch.image, features=features)
+        output = self.model(batch.image, features=self.cached_features(batch))
         loss = self.loss(output["reconstruction"], output["features"])
         self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
         return {"loss": loss}
@@ -144,10 +132,9 @@ class UniAD(MultiClassMixin, AnomalibModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with a step decay (UniAD: lr 1e-4, weight decay 1e-4, × 0.1 at epoch 800)."""
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = optim.AdamW(parameters, lr=self.lr, weight_decay=self.weight_decay, betas=(0.9, 0.999))
-        scheduler = optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_epochs, gamma=self.lr_gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return adamw_with_step_decay(
+            self.model.parameters(), self.lr, self.weight_decay, self.lr_step_epochs, self.lr_gamma
+        )
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
