@@ -4,6 +4,7 @@ Importing this module defines the classes, which is what lets anomalib find them
 (``anomalib train --model UniAD``, ``get_model("uniad")``).
 """
 
+from anomalib_multiclass.models.mint_ad import MintAD
 from anomalib_multiclass.models.uniad import UniAD
 
-__all__ = ["UniAD"]
+__all__ = ["MintAD", "UniAD"]

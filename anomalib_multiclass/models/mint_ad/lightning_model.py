@@ -1,0 +1,208 @@
+"""MINT-AD as an anomalib model: ``anomalib train --model MintAD --data MultiClassMVTecAD``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import nn
+
+from anomalib_multiclass.models.components.base import MultiClassMixin
+from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
+from anomalib_multiclass.models.components.training import (
+    FeatureCacheMixin,
+    adamw_with_step_decay,
+    imagenet_pre_processor,
+)
+from anomalib_multiclass.models.mint_ad.loss import MintADLoss
+from anomalib_multiclass.models.mint_ad.torch_model import MintADModel
+
+
+class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
+    """MINT-AD: class-aware INR queries for UniAD's reconstruction transformer (Ye et al., ECCV 2024).
+
+    Training uses the category of each image (cross-entropy of the prompt mapper's classifier); inference does
+    not: the class token comes from the image, and the predicted class is output as ``pred_class``.
+
+    Args:
+        num_classes: Number of categories; ``None`` takes it from the datamodule's categories at fit time
+            (or from the checkpoint).
+        backbone, layers, pre_trained, input_size, hidden_dim, num_heads, ffn_dim, num_encoder_layers,
+            num_decoder_layers, dropout, jitter_scale, jitter_prob, token_dim, inr_layers, omega, pool_size,
+            prompt: see :class:`MintADModel`.
+        ce_weight: Weight of the classification loss (1.0).
+        prior_weight: Weight of the prior loss (0.1).
+        lr, weight_decay, lr_step_epochs, lr_gamma, gradient_clip_val: AdamW recipe (the paper follows UniAD).
+        cache_features, feature_cache_max_bytes: frozen-feature cache (see ``UniAD``).
+        pre_processor, post_processor, evaluator, visualizer: anomalib components.
+    """
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        backbone: str = "tf_efficientnet_b4.aa_in1k",
+        layers: Sequence[int] = (0, 1, 2, 3),
+        pre_trained: bool = True,
+        input_size: Sequence[int] = (224, 224),
+        hidden_dim: int = 256,
+        num_heads: int = 8,
+        ffn_dim: int = 1024,
+        num_encoder_layers: int = 4,
+        num_decoder_layers: int = 4,
+        dropout: float = 0.1,
+        jitter_scale: float = 20.0,
+        jitter_prob: float = 1.0,
+        token_dim: int = 32,
+        inr_layers: int = 5,
+        omega: float = 30.0,
+        pool_size: int = 1,
+        prompt: str = "feature",
+        ce_weight: float = 1.0,
+        prior_weight: float = 0.1,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        lr_step_epochs: int = 800,
+        lr_gamma: float = 0.1,
+        gradient_clip_val: float = 0.1,
+        cache_features: bool = True,
+        feature_cache_max_bytes: int = 8 * 1024**3,
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        self.model_input_size = tuple(int(s) for s in input_size)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self._model_kwargs: dict[str, Any] = {
+            "backbone": backbone,
+            "layers": tuple(layers),
+            "pre_trained": pre_trained,
+            "input_size": self.model_input_size,
+            "hidden_dim": hidden_dim,
+            "num_heads": num_heads,
+            "ffn_dim": ffn_dim,
+            "num_encoder_layers": num_encoder_layers,
+            "num_decoder_layers": num_decoder_layers,
+            "dropout": dropout,
+            "jitter_scale": jitter_scale,
+            "jitter_prob": jitter_prob,
+            "token_dim": token_dim,
+            "inr_layers": inr_layers,
+            "omega": omega,
+            "pool_size": pool_size,
+            "prompt": prompt,
+        }
+        self.model: MintADModel | None = None
+        if num_classes is not None:
+            self._build(num_classes)
+        self.loss = MintADLoss(ce_weight=ce_weight, prior_weight=prior_weight)
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.lr_step_epochs = lr_step_epochs
+        self.lr_gamma = lr_gamma
+        self.gradient_clip_val = gradient_clip_val
+        self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
+
+    def _build(self, num_classes: int) -> None:
+        if self.model is None or self.model.num_classes != num_classes:
+            self.model = MintADModel(num_classes=num_classes, **self._model_kwargs)
+
+    def setup(self, stage: str) -> None:
+        """Size the classifier from the categories (one class when the data has no category map)."""
+        super().setup(stage)
+        self._build(self.num_classes or (self.model.num_classes if self.model is not None else 1))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Build the network for the checkpoint's categories before its weights are loaded."""
+        super().on_load_checkpoint(checkpoint)
+        head = checkpoint.get("state_dict", {}).get("model.prompt_mapper.head.weight")
+        self._build(len(self.category_names) if self.category_names else head.shape[0] if head is not None else 1)
+
+    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize and ImageNet normalisation, no augmentation (as UniAD)."""
+        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (224, 224)))
+
+    def _classes(self, batch: Batch) -> torch.Tensor | None:
+        classes = getattr(batch, "class_index", None)
+        return classes if isinstance(classes, torch.Tensor) else None
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """MSE + CE + prior; the classifier learns the categories from ``batch.class_index``."""
+        del args, kwargs
+        classes = self._classes(batch)
+        output = self.model(batch.image, features=self.cached_features(batch), class_index=classes)
+        losses = self.loss(output, classes)
+        size = len(batch.image)
+        for name, value in losses.items():
+            self.log(f"train_{name}", value.item(), on_epoch=True, prog_bar=name == "loss", batch_size=size)
+        return {"loss": losses["loss"]}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Maps, scores and the predicted class, without the label (unless ``prompt='label'``)."""
+        del args, kwargs
+        classes = self._classes(batch) if self.model.prompt == "label" else None
+        predictions = self.model(batch.image, class_index=classes)
+        return batch.update(**{k: v for k, v in predictions._asdict().items() if v is not None})
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
+        """As validation."""
+        del batch_idx, dataloader_idx
+        return self.validation_step(batch)
+
+    def on_test_epoch_start(self) -> None:
+        """Start counting the classifier's hits per category."""
+        self._class_hits: dict[str, list[int]] = {}
+
+    def on_test_batch_end(self, outputs: Any, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:  # noqa: ANN401
+        """Count correct class predictions per category."""
+        del outputs, batch_idx, dataloader_idx
+        predicted, truth = getattr(batch, "pred_class", None), self._classes(batch)
+        if predicted is None or truth is None:
+            return
+        categories = getattr(batch, "category", None) or ["all"] * len(truth)
+        for category, hit in zip(categories, (predicted.cpu() == truth.cpu()).tolist(), strict=True):
+            counts = self._class_hits.setdefault(category, [0, 0])
+            counts[0] += int(hit)
+            counts[1] += 1
+
+    def on_test_epoch_end(self) -> None:
+        """Log the classifier's accuracy per category and its mean (the paper's label-free inference)."""
+        hits = getattr(self, "_class_hits", {})
+        if not hits:
+            return
+        accuracies = {category: correct / total for category, (correct, total) in sorted(hits.items())}
+        for category, accuracy in accuracies.items():
+            self.log(f"class_accuracy/{category}", accuracy)
+        mean = sum(accuracies.values()) / len(accuracies)
+        self.log("class_accuracy/mean", mean)
+        rows = "\n".join(f"  {category:<24} {accuracy:.4f}" for category, accuracy in accuracies.items())
+        print(f"\nMINT-AD class prediction accuracy per category:\n{rows}\n  {'mean':<24} {mean:.4f}\n")  # noqa: T201
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW lr 1e-4, weight decay 1e-4, × 0.1 at epoch 800 of 1000 (the paper)."""
+        return adamw_with_step_decay(
+            self.model.parameters(), self.lr, self.weight_decay, self.lr_step_epochs, self.lr_gamma
+        )
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """Gradient clipping as UniAD; no sanity validation."""
+        return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class: trained on normal images only."""
+        return LearningType.ONE_CLASS
