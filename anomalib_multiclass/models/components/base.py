@@ -14,6 +14,7 @@ The mixin
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -86,6 +87,35 @@ class MultiClassMixin:
 
         return MultiClassImageVisualizer()
 
+    def export_metadata(self) -> dict[str, Any]:
+        """What travels with an exported model: category names and per-category thresholds."""
+        table = getattr(getattr(self, "post_processor", None), "per_class_thresholds", None)
+        return {
+            "category_names": self.category_names,
+            "thresholds": table(self.category_names) if table is not None else {},
+        }
+
+    def _write_export_metadata(self, model_path: Path) -> Path:
+        import json
+
+        from anomalib_multiclass.deploy import METADATA_FILE
+
+        path = Path(model_path).parent / METADATA_FILE
+        path.write_text(json.dumps(self.export_metadata(), indent=2))
+        return path
+
+    def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
+        """Anomalib's ONNX export, plus ``multiclass_metadata.json`` next to the model."""
+        path = super().to_onnx(*args, **kwargs)  # type: ignore[misc]
+        self._write_export_metadata(path)
+        return path
+
+    def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
+        """Anomalib's OpenVINO export, plus ``multiclass_metadata.json`` next to the model."""
+        path = super().to_openvino(*args, **kwargs)  # type: ignore[misc]
+        self._write_export_metadata(path)
+        return path
+
     def _sync_post_processor(self) -> None:
         resize = getattr(getattr(self, "post_processor", None), "set_num_classes", None)
         if resize is not None and self.category_names is not None:
@@ -113,7 +143,11 @@ class MultiClassMixin:
         names = checkpoint.get(CATEGORY_NAMES_KEY)
         if names is not None:
             self.category_names = list(names)
-            self._sync_post_processor()  # per-class tables sized before the state dict is loaded
+        # size the per-class tables as saved, before the state dict is loaded
+        saved = checkpoint.get("state_dict", {}).get("post_processor.class_image_threshold")
+        resize = getattr(getattr(self, "post_processor", None), "set_num_classes", None)
+        if saved is not None and resize is not None:
+            resize(int(saved.shape[0]))
 
 
 def check_category_names(trained: list[str], given: list[str]) -> None:

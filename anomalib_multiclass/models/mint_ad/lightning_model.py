@@ -166,7 +166,7 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         """Start counting the classifier's hits per category."""
         self._class_hits: dict[str, list[int]] = {}
 
-    def on_test_batch_end(self, outputs: Any, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:  # noqa: ANN401
+    def on_test_batch_end(self, outputs: Any, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Count correct class predictions per category."""
         del outputs, batch_idx, dataloader_idx
         predicted, truth = getattr(batch, "pred_class", None), self._classes(batch)
@@ -189,7 +189,7 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         mean = sum(accuracies.values()) / len(accuracies)
         self.log("class_accuracy/mean", mean)
         rows = "\n".join(f"  {category:<24} {accuracy:.4f}" for category, accuracy in accuracies.items())
-        print(f"\nMINT-AD class prediction accuracy per category:\n{rows}\n  {'mean':<24} {mean:.4f}\n")  # noqa: T201
+        print(f"\nMINT-AD class prediction accuracy per category:\n{rows}\n  {'mean':<24} {mean:.4f}\n")
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW lr 1e-4, weight decay 1e-4, × 0.1 at epoch 800 of 1000 (the paper)."""

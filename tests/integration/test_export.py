@@ -1,21 +1,25 @@
-"""Exported UniAD (ONNX Runtime, OpenVINO, anomalib's OpenVINOInferencer) gives PyTorch's maps and scores."""
+"""Exported models (ONNX Runtime, OpenVINO, anomalib's OpenVINOInferencer) give PyTorch's maps and scores."""
 
 import numpy as np
 import pytest
 import torch
 
-from anomalib_multiclass.models import UniAD
+from anomalib_multiclass.models import MintAD, UniAD
 from tests.conftest import TINY_UNIAD
 
+TINY_MINT_AD = {k: v for k, v in TINY_UNIAD.items() if k not in {"neighbor_size", "pool_size", "layers"}}
+MODELS = {"UniAD": (UniAD, TINY_UNIAD), "MintAD": (MintAD, TINY_MINT_AD)}
 
-@pytest.fixture(scope="module")
-def trained_module(synthetic_root, tmp_path_factory):
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def trained_module(request, synthetic_root, tmp_path_factory):
     from anomalib.engine import Engine
 
     from anomalib_multiclass.data import MultiClassFolder
 
     torch.manual_seed(0)
-    module = UniAD(**TINY_UNIAD)
+    cls, kwargs = MODELS[request.param]
+    module = cls(**kwargs)
     engine = Engine(
         max_epochs=1,
         accelerator="cpu",
@@ -53,11 +57,16 @@ def test_onnx_runtime_parity(trained_module, images, reference, tmp_path):
     outputs = dict(zip(names, session.run(None, {session.get_inputs()[0].name: images.numpy()}), strict=True))
     np.testing.assert_allclose(outputs["anomaly_map"], reference.anomaly_map.numpy(), atol=1e-4)
     np.testing.assert_allclose(outputs["pred_score"], reference.pred_score.numpy(), atol=1e-4)
+    if reference.pred_class is not None:  # models that classify export the class, and no class input
+        assert len(session.get_inputs()) == 1
+        np.testing.assert_array_equal(outputs["pred_class"], reference.pred_class.numpy())
 
 
 def test_openvino_parity_and_inferencer(trained_module, images, reference, tmp_path):
     openvino = pytest.importorskip("openvino")
     from anomalib.deploy import OpenVINOInferencer
+
+    from anomalib_multiclass.deploy import MultiClassOpenVINOInferencer, read_metadata
 
     path = trained_module.to_openvino(export_root=tmp_path, input_size=(64, 64))
     compiled = openvino.Core().compile_model(str(path), "CPU")
@@ -66,8 +75,15 @@ def test_openvino_parity_and_inferencer(trained_module, images, reference, tmp_p
     np.testing.assert_allclose(outputs["anomaly_map"], reference.anomaly_map.numpy(), atol=1e-4)
     np.testing.assert_allclose(outputs["pred_score"], reference.pred_score.numpy(), atol=1e-4)
 
-    inferencer = OpenVINOInferencer(path=path, device="CPU")
+    metadata = read_metadata(path)
+    assert metadata["category_names"] == ["brick", "coffee", "grass"]
+    assert set(metadata["thresholds"]) == {"brick", "coffee", "grass", "global"}
+    # anomalib's own inferencer runs models without extra outputs; ours (a subclass) runs every model
+    inferencer_cls = OpenVINOInferencer if reference.pred_class is None else MultiClassOpenVINOInferencer
+    inferencer = inferencer_cls(path=path, device="CPU")
     prediction = inferencer.predict(images[0])
+    if reference.pred_class is not None:
+        assert prediction.category == [metadata["category_names"][int(reference.pred_class[0])]]
     np.testing.assert_allclose(
         np.asarray(prediction.anomaly_map).squeeze(), reference.anomaly_map[0].squeeze().numpy(), atol=1e-4
     )
