@@ -29,8 +29,13 @@ MODELS = {
 @pytest.fixture(scope="module")
 def texture_root(tmp_path_factory):
     return make_synthetic_dataset(
-        tmp_path_factory.mktemp("quality"), categories=["brick", "grass", "gravel"], n_train=16, n_test_good=5,
-        n_test_defect=10, image_size=128, seed=1,
+        tmp_path_factory.mktemp("quality"),
+        categories=["brick", "grass", "gravel"],
+        n_train=16,
+        n_test_good=5,
+        n_test_defect=10,
+        image_size=128,
+        seed=1,
     )
 
 
@@ -41,7 +46,9 @@ def test_defects_score_above_normal_images(name, texture_root, pretrained_lite0,
     cls, kwargs = MODELS[name]
     module = cls(**kwargs)
     datamodule = MultiClassFolder(root=texture_root, train_batch_size=16, eval_batch_size=16, num_workers=0)
-    engine = Engine(max_epochs=30, accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    engine = Engine(
+        max_epochs=30, accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False
+    )
     engine.fit(module, datamodule=datamodule)
     engine.test(module, datamodule=datamodule, verbose=False)
     results = module.evaluator.results

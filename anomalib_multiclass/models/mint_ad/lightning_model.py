@@ -118,7 +118,7 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
 
     def _build(self, num_classes: int) -> None:
         if self.model is None or self.model.num_classes != num_classes:
-            self.model = MintADModel(num_classes=num_classes, **self._model_kwargs)
+            self.model = MintADModel(num_classes=num_classes, **self._model_kwargs).train(self.training)
 
     def setup(self, stage: str) -> None:
         """Size the classifier from the categories (one class when the data has no category map)."""
