@@ -3,9 +3,8 @@
 Everything else is declared in ``pyproject.toml``.
 """
 
-from pathlib import Path
-
 import shutil
+from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -18,10 +17,12 @@ class BuildPyWithPth(build_py):
     """``build_py`` that also places the start-up ``.pth`` file next to the package."""
 
     def run(self) -> None:
+        """Build the package, then copy the ``.pth`` file to the build root."""
         super().run()
         self.copy_file(str(Path(__file__).parent / "packaging" / PTH), str(Path(self.build_lib) / PTH))
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
+        """List the ``.pth`` file among the build outputs so the wheel records it."""
         return [*super().get_outputs(include_bytecode), str(Path(self.build_lib) / PTH)]
 
 

@@ -19,5 +19,5 @@ def test_benchmark_smoke(tmp_path):
     report = output.read_text()
     for section in ("## Proxy quality", "## Inference speed", "## Training speed", "## Memory and disk"):
         assert section in report
-    for model in ("UniAD", "MintAD", "PatchCore (anomalib)"):
+    for model in ("UniAD", "MintAD", "Padim (anomalib)"):
         assert f"| {model} |" in report

@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import TINY_UNIAD
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
 
 def _anomalib(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
@@ -35,9 +37,12 @@ def _model_args() -> list[str]:
 @pytest.fixture(scope="module")
 def trained_run(synthetic_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
+    # Through a shipped config file (`anomalib train --config configs/<model>.yaml`), scaled down by overrides.
     result = _anomalib(
         "train",
-        *_model_args(),
+        "--config",
+        str(CONFIGS / "quickstart_uniad.yaml"),
+        *_model_args()[2:],
         "--data",
         "MultiClassFolder",
         "--data.root",
@@ -47,6 +52,8 @@ def trained_run(synthetic_root, tmp_path_factory):
         "--data.train_batch_size",
         "6",
         "--trainer.max_epochs",
+        "1",
+        "--trainer.check_val_every_n_epoch",
         "1",
         "--trainer.accelerator",
         "cpu",

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
 
 def _run(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
@@ -53,3 +55,24 @@ def test_cli_help_resolves_the_short_model_name(model):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"anomalib_multiclass.models.{model}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(path, id=path.stem, marks=() if path.stem == "uniad" else pytest.mark.slow)
+        for path in sorted(CONFIGS.glob("*.yaml"))
+    ],
+)
+def test_shipped_configs_resolve_through_the_plain_cli(config, tmp_path):
+    # cwd outside the checkout: the classes must come from the installed package via the start-up hook.
+    result = subprocess.run(
+        ["anomalib", "train", "--config", str(config), "--print_config"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, f"{config.name}: {result.stderr[-2000:]}"
+    assert "class_path: anomalib_multiclass.models." in result.stdout
+    assert "class_path: anomalib_multiclass.data." in result.stdout
