@@ -10,6 +10,7 @@ imports ours right after, so ``anomalib train --model UniAD --data MultiClassMVT
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import sys
 from types import ModuleType
@@ -27,11 +28,23 @@ def _after_import(name: str) -> None:
         if isinstance(allowed, set):
             allowed.add("anomalib_multiclass.models")
     try:
-        __import__(_COMPANIONS[name])
+        companion = importlib.import_module(_COMPANIONS[name])
     except Exception as error:
         import warnings
 
         warnings.warn(f"anomalib-multiclass could not register {_COMPANIONS[name]}: {error!r}", stacklevel=2)
+        return
+    # ``get_model({"class_path": "UniAD"})`` and ``get_datamodule({"class_path": "MultiClassFolder"})`` (used by
+    # anomalib's benchmark pipeline) look short names up as attributes of ``anomalib.models``/``anomalib.data``.
+    # Only models and datamodules, never over an existing anomalib name.
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    target = sys.modules[name]
+    for public in getattr(companion, "__all__", ()):
+        value = getattr(companion, public)
+        wanted = isinstance(value, type) and issubclass(value, (LightningModule, LightningDataModule))
+        if wanted and not hasattr(target, public):
+            setattr(target, public, value)
 
 
 class _Loader(importlib.abc.Loader):

@@ -29,9 +29,10 @@ def test_get_model_by_short_name_and_by_class_path():
         "a = get_model('uniad', pre_trained=False, backbone='tf_efficientnet_lite0', input_size=(64, 64))\n"
         "b = get_model({'class_path': 'anomalib_multiclass.models.UniAD', 'init_args': "
         "{'pre_trained': False, 'backbone': 'tf_efficientnet_lite0', 'input_size': [64, 64]}})\n"
-        "print(type(a).__name__, type(b).__name__, 'uni_a_d' in list_models())"
+        "c = get_model({'class_path': 'UniAD', 'init_args': {'pre_trained': False, 'input_size': [64, 64]}})\n"
+        "print(type(a).__name__, type(b).__name__, type(c).__name__, 'uni_a_d' in list_models())"
     )
-    assert out == "UniAD UniAD True"
+    assert out == "UniAD UniAD UniAD True"
 
 
 def test_datamodules_are_found_by_short_name_through_anomalib_data():
@@ -42,8 +43,10 @@ def test_datamodules_are_found_by_short_name_through_anomalib_data():
         "stack = [AnomalibDataModule]\n"
         "while stack:\n"
         "    cls = stack.pop(); names.add(cls.__name__); stack.extend(cls.__subclasses__())\n"
-        "print(sorted(n for n in names if n.startswith(('MultiClass', 'Mixed'))))"
+        "print(sorted(n for n in names if n.startswith(('MultiClass', 'Mixed'))))\n"
+        "print('get_datamodule sees', [n for n in ('MultiClassFolder', 'MultiClassMVTecAD') if hasattr(anomalib.data, n)])"
     )
+    assert "get_datamodule sees ['MultiClassFolder', 'MultiClassMVTecAD']" in out
     for name in ("MultiClassMVTecAD", "MultiClassVisA", "MultiClassRealIAD", "MultiClassBTAD", "MultiClassFolder"):
         assert name in out
 
@@ -76,3 +79,34 @@ def test_shipped_configs_resolve_through_the_plain_cli(config, tmp_path):
     assert result.returncode == 0, f"{config.name}: {result.stderr[-2000:]}"
     assert "class_path: anomalib_multiclass.models." in result.stdout
     assert "class_path: anomalib_multiclass.data." in result.stdout
+
+
+@pytest.mark.slow
+def test_anomalib_benchmark_pipeline_runs_our_model_by_short_name(synthetic_root, monkeypatch):
+    """anomalib's benchmark job generator resolves `UniAD`/`MultiClassFolder` and reports our metrics."""
+    import functools
+
+    import anomalib.pipelines.benchmark.job as job_module
+    from anomalib.engine import Engine
+    from anomalib.pipelines.benchmark.generator import BenchmarkJobGenerator
+
+    from tests.conftest import TINY_UNIAD
+
+    # The job builds its own Engine with Lightning's default 1000 epochs: one is enough to prove the path.
+    monkeypatch.setattr(job_module, "Engine", functools.partial(Engine, max_epochs=1))
+    init_args = {key: list(value) if isinstance(value, tuple) else value for key, value in TINY_UNIAD.items()}
+    args = {
+        "seed": 0,
+        "model": {"class_path": "UniAD", "init_args": init_args},
+        "data": {
+            "class_path": "MultiClassFolder",
+            "init_args": {"root": str(synthetic_root), "num_workers": 0, "train_batch_size": 6},
+        },
+    }
+    jobs = list(BenchmarkJobGenerator(accelerator="cpu").generate_jobs(args, None))
+    assert len(jobs) == 1
+    result = jobs[0].run()
+    assert result["image_AUROC"] == result["image_AUROC/mean"]
+    for category in ("brick", "coffee", "grass"):
+        assert 0.0 <= result[f"image_AUROC/{category}"] <= 1.0
+    assert "pixel_AUROC/pooled" in result
