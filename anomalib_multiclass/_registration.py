@@ -22,33 +22,49 @@ _COMPANIONS = {
 }
 
 
-def _after_import(name: str) -> None:
-    if name == "anomalib.models":
-        allowed = getattr(sys.modules[name], "ALLOWED_MODULES", None)
-        if isinstance(allowed, set):
-            allowed.add("anomalib_multiclass.models")
-    try:
-        companion = importlib.import_module(_COMPANIONS[name])
-    except Exception as error:
-        import warnings
+_ANOMALIB_OF = {ours: theirs for theirs, ours in _COMPANIONS.items()}
 
-        warnings.warn(f"anomalib-multiclass could not register {_COMPANIONS[name]}: {error!r}", stacklevel=2)
-        return
-    # ``get_model({"class_path": "UniAD"})`` and ``get_datamodule({"class_path": "MultiClassFolder"})`` (used by
-    # anomalib's benchmark pipeline) look short names up as attributes of ``anomalib.models``/``anomalib.data``.
-    # Only models and datamodules, never over an existing anomalib name.
+
+def _publish(anomalib_name: str) -> None:
+    """Expose our models/datamodules as attributes of ``anomalib.models``/``anomalib.data``.
+
+    ``get_model({"class_path": "UniAD"})`` and ``get_datamodule({"class_path": "MultiClassFolder"})`` (used by
+    anomalib's benchmark pipeline) look short names up there. Only models and datamodules, never over an existing
+    anomalib name, and only once both modules are fully imported.
+    """
+    target = sys.modules.get(anomalib_name)
+    companion = sys.modules.get(_COMPANIONS[anomalib_name])
+    if target is None or companion is None or not hasattr(companion, "__all__"):
+        return  # the other half is still being imported; its own hook finishes the job
     from lightning.pytorch import LightningDataModule, LightningModule
 
-    target = sys.modules[name]
-    for public in getattr(companion, "__all__", ()):
-        value = getattr(companion, public)
+    for public in companion.__all__:
+        value = getattr(companion, public, None)
         wanted = isinstance(value, type) and issubclass(value, (LightningModule, LightningDataModule))
         if wanted and not hasattr(target, public):
             setattr(target, public, value)
 
 
+def _after_import(name: str) -> None:
+    if name in _ANOMALIB_OF:  # one of ours finished importing (possibly before anomalib's module did)
+        _publish(_ANOMALIB_OF[name])
+        return
+    if name == "anomalib.models":
+        allowed = getattr(sys.modules[name], "ALLOWED_MODULES", None)
+        if isinstance(allowed, set):
+            allowed.add("anomalib_multiclass.models")
+    try:
+        importlib.import_module(_COMPANIONS[name])
+    except Exception as error:
+        import warnings
+
+        warnings.warn(f"anomalib-multiclass could not register {_COMPANIONS[name]}: {error!r}", stacklevel=2)
+        return
+    _publish(name)
+
+
 class _Loader(importlib.abc.Loader):
-    """Runs the real loader, then imports our companion module."""
+    """Runs the real loader, then imports the companion module (or publishes ours into anomalib's)."""
 
     def __init__(self, loader: Any, name: str) -> None:
         self.loader = loader
@@ -66,10 +82,10 @@ class _Loader(importlib.abc.Loader):
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    """Finds ``anomalib.models``/``anomalib.data`` with the other finders and wraps their loader."""
+    """Finds ``anomalib.models``/``anomalib.data`` (and our two companions) with the other finders, wraps the loader."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname not in _COMPANIONS:
+        if fullname not in _COMPANIONS and fullname not in _ANOMALIB_OF:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):

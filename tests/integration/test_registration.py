@@ -44,7 +44,8 @@ def test_datamodules_are_found_by_short_name_through_anomalib_data():
         "while stack:\n"
         "    cls = stack.pop(); names.add(cls.__name__); stack.extend(cls.__subclasses__())\n"
         "print(sorted(n for n in names if n.startswith(('MultiClass', 'Mixed'))))\n"
-        "print('get_datamodule sees', [n for n in ('MultiClassFolder', 'MultiClassMVTecAD') if hasattr(anomalib.data, n)])"
+        "seen = [n for n in ('MultiClassFolder', 'MultiClassMVTecAD') if hasattr(anomalib.data, n)]\n"
+        "print('get_datamodule sees', seen)"
     )
     assert "get_datamodule sees ['MultiClassFolder', 'MultiClassMVTecAD']" in out
     for name in ("MultiClassMVTecAD", "MultiClassVisA", "MultiClassRealIAD", "MultiClassBTAD", "MultiClassFolder"):

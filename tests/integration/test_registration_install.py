@@ -5,6 +5,7 @@ of its own (``--without-pip``) so the build runs with the system's setuptools (a
 be older than the ``setuptools>=68`` this project requires, and ``--no-build-isolation`` would then fail).
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "packaging", "anomalib_multiclass")
+# A fresh environment: no PYTHONPATH pointing at a checkout.
+ENV = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 
 
 def _python(venv: Path) -> Path:
@@ -23,7 +26,7 @@ def _python(venv: Path) -> Path:
 def _run(venv: Path, code: str, cwd: Path) -> str:
     # cwd outside the repository: the checkout must not be importable by accident.
     result = subprocess.run(
-        [str(_python(venv)), "-c", code], capture_output=True, text=True, cwd=cwd, check=False
+        [str(_python(venv)), "-c", code], capture_output=True, text=True, cwd=cwd, env=ENV, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.strip()
@@ -51,7 +54,7 @@ def test_fresh_venv_install_registers_with_no_other_step(source_copy, tmp_path, 
     )
     install = [str(_python(venv)), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q"]
     install += ["-e", str(source_copy)] if editable else [str(source_copy)]
-    result = subprocess.run(install, capture_output=True, text=True, check=False)
+    result = subprocess.run(install, capture_output=True, text=True, env=ENV, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
 
     site = Path(_run(venv, "import sysconfig; print(sysconfig.get_paths()['purelib'])", tmp_path))
