@@ -361,8 +361,8 @@ papers' recipes (see `configs/`). Metrics per category, then the mean over categ
 {_table(quality_rows)}
 
 ## Inference speed (CPU)
-Median of {cfg["repeats"]} runs after a warm-up; batch 1 latency and batch {cfg["speed_batch"]} throughput; random
-weights (speed does not depend on them).
+Median of {cfg["repeats"]} runs after a warm-up; batch 1 latency and batch {cfg["speed_batch"]} throughput; the same
+scaled-down configuration as above.
 
 {_table(inference_rows)}
 
