@@ -49,9 +49,7 @@ def source_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("editable", [False, True], ids=["install", "editable"])
 def test_fresh_venv_install_registers_with_no_other_step(source_copy, tmp_path, editable):
     venv = tmp_path / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True
-    )
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
     install = [str(_python(venv)), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q"]
     install += ["-e", str(source_copy)] if editable else [str(source_copy)]
     result = subprocess.run(install, capture_output=True, text=True, env=ENV, check=False)

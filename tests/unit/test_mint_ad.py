@@ -51,13 +51,14 @@ def test_shapes_and_label_free_inference():
 
 
 def test_label_prompt_needs_and_uses_the_true_class():
+    torch.manual_seed(0)
     model = MintADModel(num_classes=3, prompt="label", **TINY).eval()
     images = torch.rand(2, 3, 64, 64)
     with pytest.raises(ValueError, match="class index"):
         model(images)
     a = model(images, class_index=torch.tensor([0, 0]))
     b = model(images, class_index=torch.tensor([1, 1]))
-    assert not torch.allclose(a.anomaly_map, b.anomaly_map)
+    assert (a.anomaly_map - b.anomaly_map).abs().max() > 1e-3
 
 
 def test_gaussian_nll_matches_torch():

@@ -51,6 +51,13 @@ class MultiStageFeatureExtractor(nn.Module):
         """Stride of the concatenated map relative to the input image."""
         return self.reductions[self.align_to]
 
+    def grid(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        """Feature-map size for ``input_size`` images; the size must be a multiple of the stride."""
+        if input_size[0] % self.stride or input_size[1] % self.stride:
+            msg = f"input_size {tuple(input_size)} must be a multiple of the backbone stride {self.stride}."
+            raise ValueError(msg)
+        return input_size[0] // self.stride, input_size[1] // self.stride
+
     def train(self, mode: bool = True) -> MultiStageFeatureExtractor:
         """The backbone stays in eval mode (frozen batch-norm statistics) whatever the parent's mode."""
         super().train(mode)

@@ -57,13 +57,9 @@ class UniADModel(nn.Module):
     ) -> None:
         super().__init__()
         self.feature_extractor = MultiStageFeatureExtractor(backbone, layers, pre_trained=pre_trained)
-        stride = self.feature_extractor.stride
         input_size = tuple(input_size)
-        if input_size[0] % stride or input_size[1] % stride:
-            msg = f"input_size {input_size} must be a multiple of the backbone stride {stride}."
-            raise ValueError(msg)
         self.input_size = input_size
-        self.feature_size = (input_size[0] // stride, input_size[1] // stride)
+        self.feature_size = self.feature_extractor.grid(input_size)
         self.reconstruction = ReconstructionTransformer(
             in_channels=self.feature_extractor.num_features,
             feature_size=self.feature_size,
