@@ -24,6 +24,21 @@ def neighbor_mask(height: int, width: int, kernel: int | tuple[int, int]) -> tor
     return near_rows & near_cols
 
 
+def window_index(height: int, width: int, kernel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token indices of the ``kernel`` × ``kernel`` window around every token, and which of them exist.
+
+    Returns ``index`` (N, k²) and ``valid`` (N, k²) for the ``N = h·w`` tokens (row-major). Offsets that fall
+    outside the map are clipped away: their ``valid`` entry is False and their index points at token 0.
+    ``valid`` row ``i`` selects exactly the tokens of ``neighbor_mask(height, width, kernel)[i]``.
+    """
+    offsets = torch.arange(kernel) - kernel // 2
+    rows = torch.arange(height).repeat_interleave(width)[:, None, None] + offsets[None, :, None]
+    cols = torch.arange(width).repeat(height)[:, None, None] + offsets[None, None, :]
+    valid = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    index = (rows * width + cols).where(valid, torch.zeros((), dtype=torch.long))
+    return index.flatten(1), valid.flatten(1)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with the parameters of ``nn.MultiheadAttention``, on ``scaled_dot_product_attention``.
 
@@ -57,11 +72,62 @@ class MultiHeadAttention(nn.Module):
         key: torch.Tensor,
         value: torch.Tensor,
         allowed: torch.Tensor | None = None,
+        dense: bool = False,
     ) -> torch.Tensor:
-        """``(B, Nq, C)``, ``(B, Nk, C)``, ``(B, Nk, C)`` -> ``(B, Nq, C)``."""
+        """``(B, Nq, C)``, ``(B|1, Nk, C)``, ``(B|1, Nk, C)`` -> ``(B, Nq, C)``.
+
+        ``dense=True`` computes the textbook form (``softmax(QKᵀ/√d + M) V`` with an additive −∞ mask, the
+        N × N weights materialised); it is the reference the fused path is tested against and the "plain"
+        form of the benchmarks.
+        """
         q, k, v = self._heads(self.q_proj(query)), self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
-        )
+        batch = q.shape[0]
+        k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
+        if dense:
+            logits = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+            if allowed is not None:
+                logits = logits + torch.zeros_like(allowed, dtype=logits.dtype).masked_fill(~allowed, float("-inf"))
+            weights = F.dropout(logits.softmax(dim=-1), self.dropout, self.training)
+            out = weights @ v
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+            )
+        _, _, tokens, head_dim = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, self.num_heads * head_dim))
+
+
+class LocalWindowAttention(MultiHeadAttention):
+    """Attention restricted to a k × k window around each query, computed on the window only: O(N·k²).
+
+    Query token ``i`` of a map attends to the key/value tokens of the *same* map inside the window centred
+    on ``i`` (clipped at the border). The keys and values of each window are gathered, so neither the N × N
+    logits nor the N × N weights exist; the result equals :class:`MultiHeadAttention` with
+    ``allowed = neighbor_mask(h, w, k)``. Keys and values may have batch 1 (a learnt reference shared by
+    the batch): they are then projected and gathered once for the whole batch.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__(dim, num_heads, dropout=0.0)
+
+    def forward(  # type: ignore[override]
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        index: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> torch.Tensor:
+        """``query`` (B, N, C), ``key``/``value`` (B|1, N, C), ``index``/``valid`` (N, k²) from :func:`window_index`."""
+        q = self._heads(self.q_proj(query))  # (B, H, N, d)
+        k = self._heads(self.k_proj(key))[:, :, index]  # (Bk, H, N, k², d)
+        v = self._heads(self.v_proj(value))[:, :, index]
+        # Shared keys (batch 1): einsum batches over (head, token) and multiplies the whole batch at once.
+        shared = "hnkd" if k.shape[0] == 1 else "bhnkd"
+        logits = torch.einsum(f"bhnd,{shared}->bhnk", q, k[0] if k.shape[0] == 1 else k)
+        logits = (logits / q.shape[-1] ** 0.5).masked_fill(~valid, float("-inf"))
+        weights = logits.softmax(dim=-1)
+        shared = "hnkd" if v.shape[0] == 1 else "bhnkd"
+        out = torch.einsum(f"bhnk,{shared}->bhnd", weights, v[0] if v.shape[0] == 1 else v)
         batch, _, tokens, head_dim = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, self.num_heads * head_dim))

@@ -23,6 +23,8 @@ class MultiStageFeatureExtractor(nn.Module):
         layers: timm out-indices of the stages to use.
         pre_trained: Load ImageNet weights through timm.
         align_to: Index into ``layers`` of the stage whose map size the others are resized to.
+        truncate: Drop the backbone blocks after the deepest stage used (timm's ``features_only`` EfficientNets
+            keep and run all of them); the features are identical, the frozen model smaller and faster.
     """
 
     def __init__(
@@ -31,9 +33,12 @@ class MultiStageFeatureExtractor(nn.Module):
         layers: Sequence[int] = (0, 1, 2, 3),
         pre_trained: bool = True,
         align_to: int = -1,
+        truncate: bool = False,
     ) -> None:
         super().__init__()
         self.extractor = TimmFeatureExtractor(backbone, layers=list(layers), pre_trained=pre_trained).eval()
+        if truncate:
+            _truncate_after_last_stage(self.extractor.feature_extractor)
         for parameter in self.extractor.parameters():
             parameter.requires_grad_(False)
         self.layers = list(layers)
@@ -64,13 +69,36 @@ class MultiStageFeatureExtractor(nn.Module):
         self.extractor.eval()
         return self
 
+    def grids(self, input_size: tuple[int, int]) -> list[tuple[int, int]]:
+        """Map size of every stage for ``input_size`` images (a multiple of the deepest stride)."""
+        deepest = max(self.reductions)
+        if input_size[0] % deepest or input_size[1] % deepest:
+            msg = f"input_size {tuple(input_size)} must be a multiple of the backbone stride {deepest}."
+            raise ValueError(msg)
+        return [(input_size[0] // r, input_size[1] // r) for r in self.reductions]
+
+    @torch.no_grad()
+    def stage_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Images (B, 3, H, W) -> the stage maps, each at its own resolution."""
+        return list(self.extractor(images).values())
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) -> aligned concatenated features (B, C, H/stride, W/stride)."""
-        features = list(self.extractor(images).values())
+        features = self.stage_features(images)
         size = features[self.align_to].shape[-2:]
         aligned = [
             f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=True)
             for f in features
         ]
         return torch.cat(aligned, dim=1)
+
+
+def _truncate_after_last_stage(model: nn.Module) -> None:
+    """Remove the ``blocks`` after the deepest feature stage of a timm ``features_only`` EfficientNet/MobileNet."""
+    blocks = getattr(model, "blocks", None)
+    info = getattr(model, "feature_info", None)
+    if not isinstance(blocks, nn.Sequential) or info is None:
+        return  # other families (ResNets: FeatureListNet) already stop at the last stage used
+    last = max(int(name.split(".")[1]) for name in info.module_name() if name.startswith("blocks."))
+    model.blocks = blocks[: last + 1]

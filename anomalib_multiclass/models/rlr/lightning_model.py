@@ -1,0 +1,136 @@
+"""RLR as an anomalib model: ``anomalib train --model RLR --data MultiClassMVTecAD``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import nn, optim
+
+from anomalib_multiclass.models.components.base import MultiClassMixin
+from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
+from anomalib_multiclass.models.components.training import FeatureCacheMixin, imagenet_pre_processor
+from anomalib_multiclass.models.rlr.loss import RLRLoss
+from anomalib_multiclass.models.rlr.torch_model import RLRModel
+
+
+class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
+    """RLR: reconstruct features from a learnable reference representation (He et al., ECCV 2024).
+
+    Defaults are the paper's configuration: 256 px, frozen EfficientNet-B6 (AutoAugment weights) stages 1-3
+    (40/72/200 channels at 64/32/16), 3 × 3 average pooling, perturbation scale 4 on every token, one network
+    per level (hidden 128/256/512, windows 11/7/5, K = 4 blocks, 8 heads, α = 2), loss MSE + (1 − cosine)
+    summed over levels, Adam lr 1e-4, no schedule; set ``max_epochs: 200`` and batch 4 (the official command).
+
+    Args:
+        backbone, layers, pre_trained, input_size, hidden_dims, windows, num_blocks, num_heads, lca_weight,
+            pool_size, jitter_scale, jitter_prob, blur_sigma, dense_attention: see :class:`RLRModel`.
+        lr: Adam learning rate.
+        cache_features: Train from cached pooled features after the first epoch when the training data is
+            not randomly augmented (exactly equivalent: the perturbation is drawn after the cache).
+        feature_cache_max_bytes: Memory bound of the cache (CPU memory).
+        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = defaults).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_b6.aa_in1k",
+        layers: Sequence[int] = (1, 2, 3),
+        pre_trained: bool = True,
+        input_size: Sequence[int] = (256, 256),
+        hidden_dims: Sequence[int] = (128, 256, 512),
+        windows: Sequence[int] = (11, 7, 5),
+        num_blocks: int = 4,
+        num_heads: int = 8,
+        lca_weight: float = 2.0,
+        pool_size: int = 3,
+        jitter_scale: float = 4.0,
+        jitter_prob: float = 1.0,
+        blur_sigma: float = 4.0,
+        dense_attention: bool = False,
+        lr: float = 1e-4,
+        cache_features: bool = True,
+        feature_cache_max_bytes: int = 8 * 1024**3,
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        self.model_input_size = tuple(int(s) for s in input_size)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = RLRModel(
+            backbone=backbone,
+            layers=layers,
+            pre_trained=pre_trained,
+            input_size=self.model_input_size,
+            hidden_dims=hidden_dims,
+            windows=windows,
+            num_blocks=num_blocks,
+            num_heads=num_heads,
+            lca_weight=lca_weight,
+            pool_size=pool_size,
+            jitter_scale=jitter_scale,
+            jitter_prob=jitter_prob,
+            blur_sigma=blur_sigma,
+            dense_attention=dense_attention,
+        )
+        self.loss = RLRLoss()
+        self.lr = lr
+        self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
+
+    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize to the model's input size and normalise with ImageNet statistics (no augmentation)."""
+        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (256, 256)))
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Reconstruct every level from its perturbed tokens; one summed loss, one optimiser step."""
+        del args, kwargs
+        output = self.model(batch.image, features=self.cached_features(batch))
+        loss = self.loss(output["reconstructions"], output["features"])
+        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
+        return {"loss": loss}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Anomaly maps and scores for threshold and normalisation statistics."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**{k: v for k, v in predictions._asdict().items() if v is not None})
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
+        """Same as validation (the post-processor callback thresholds and normalises)."""
+        del batch_idx, dataloader_idx
+        return self.validation_step(batch)
+
+    def configure_optimizers(self) -> optim.Optimizer:
+        """Adam, lr 1e-4, betas (0.9, 0.999), no weight decay, no schedule (the official code)."""
+        return optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.lr)
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No gradient clipping (the official code has none); no sanity validation."""
+        return {"num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class: trained on normal images only."""
+        return LearningType.ONE_CLASS
+
+    @torch.no_grad()
+    def count_parameters(self) -> dict[str, int]:
+        """Learnable and frozen parameter counts."""
+        learnable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        return {"learnable": learnable, "frozen": frozen}
