@@ -1,0 +1,171 @@
+"""Omni-AD as an anomalib model: ``anomalib train --model OmniAD --data MultiClassMVTecAD``."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import nn, optim
+
+from anomalib_multiclass.models.components.base import MultiClassMixin
+from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
+from anomalib_multiclass.models.components.training import FeatureCacheMixin, imagenet_pre_processor
+from anomalib_multiclass.models.omni_ad.loss import OmniADLoss
+from anomalib_multiclass.models.omni_ad.torch_model import OmniADModel
+
+logger = logging.getLogger(__name__)
+
+
+class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
+    """Omni-AD: reconstruct multi-scale teacher features with Omni-blocks (Quan et al., ICME 2025).
+
+    Defaults are the paper's configuration: 256 px, frozen ResNet-34 (``resnet34.bt_in1k``) layers 1-3, RD-style
+    neck to 512 x 8 x 8, jitter α = 20, decoder widths 512/256/128/64 with 3/9/9/7 Omni-blocks, 64 learnable tokens,
+    8 heads; loss Σ MSE over three scales; AdamW lr 1e-3, weight decay 1e-4 on ≥ 2-D parameters, lr x 0.1 at 80 %
+    of the training iterations, gradient clipping 5.0 (set ``max_epochs: 500`` and batch 16 on the trainer/data).
+
+    Args:
+        backbone, layers, pre_trained, input_size, dims, depths, num_tokens, num_heads, jitter_scale, jitter_prob,
+            blur_sigma, official_code_behaviour, double_input_residual: see :class:`OmniADModel`.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay, applied to parameters with two or more dimensions only.
+        lr_step_fraction: Fraction of the training iterations after which the learning rate is multiplied by
+            ``lr_gamma`` (0.8; computed from ``trainer.estimated_stepping_batches``).
+        lr_gamma: Learning-rate decay factor.
+        gradient_clip_val: Global gradient-norm clipping (passed to the trainer).
+        cache_features: Train from cached teacher maps after the first epoch when the training data is not randomly
+            augmented (exactly equivalent: the jitter is drawn after the neck).
+        feature_cache_max_bytes: Memory bound of the cache (CPU memory; 1.75 MiB per image for ResNet-34 at 256 px).
+        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = defaults).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet34.bt_in1k",
+        layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
+        pre_trained: bool = True,
+        input_size: Sequence[int] = (256, 256),
+        dims: Sequence[int] | None = None,
+        depths: Sequence[int] = (3, 9, 9, 7),
+        num_tokens: int = 64,
+        num_heads: int = 8,
+        jitter_scale: float = 20.0,
+        jitter_prob: float = 1.0,
+        blur_sigma: float = 4.0,
+        official_code_behaviour: bool = False,
+        double_input_residual: bool = True,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        lr_step_fraction: float = 0.8,
+        lr_gamma: float = 0.1,
+        gradient_clip_val: float = 5.0,
+        cache_features: bool = True,
+        feature_cache_max_bytes: int = 8 * 1024**3,
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        self.model_input_size = tuple(int(s) for s in input_size)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = OmniADModel(
+            backbone=backbone,
+            layers=layers,
+            pre_trained=pre_trained,
+            input_size=self.model_input_size,
+            dims=dims,
+            depths=depths,
+            num_tokens=num_tokens,
+            num_heads=num_heads,
+            jitter_scale=jitter_scale,
+            jitter_prob=jitter_prob,
+            blur_sigma=blur_sigma,
+            official_code_behaviour=official_code_behaviour,
+            double_input_residual=double_input_residual,
+        )
+        self.loss = OmniADLoss()
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.lr_step_fraction = lr_step_fraction
+        self.lr_gamma = lr_gamma
+        self.gradient_clip_val = gradient_clip_val
+        self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
+
+    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize to the model's input size and normalise with ImageNet statistics (no augmentation, as released)."""
+        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (256, 256)))
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Reconstruct the teacher maps from the jittered neck output; Σ MSE over the three scales."""
+        del args, kwargs
+        output = self.model(batch.image, features=self.cached_features(batch))
+        loss = self.loss(output["reconstructions"], output["features"])
+        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
+        return {"loss": loss}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Anomaly maps and scores for threshold and normalisation statistics."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**{k: v for k, v in predictions._asdict().items() if v is not None})
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
+        """Same as validation (the post-processor callback thresholds and normalises)."""
+        del batch_idx, dataloader_idx
+        return self.validation_step(batch)
+
+    def _decay_step(self) -> int | None:
+        """Optimiser step at which the learning rate drops (80 % of the run), or ``None`` if the run is unbounded."""
+        trainer = getattr(self, "_trainer", None)
+        total = trainer.estimated_stepping_batches if trainer is not None else math.inf
+        if not math.isfinite(total):
+            logger.warning("Omni-AD: the number of training steps is unknown; the learning rate is not decayed.")
+            return None
+        return max(1, int(self.lr_step_fraction * total))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW (betas 0.9 / 0.999), weight decay on ≥ 2-D parameters only, one iteration-based step decay."""
+        trainable = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        decay = [p for _, p in trainable if p.ndim >= 2]  # weights, tokens, pe biases (as released)
+        no_decay = [p for _, p in trainable if p.ndim < 2]  # biases, norm scales
+        optimizer = optim.AdamW(
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.lr,
+            betas=(0.9, 0.999),
+        )
+        milestone = self._decay_step()
+        milestones = [] if milestone is None else [milestone]
+        scheduler = optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=self.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """Gradient clipping (5.0, global L2 norm); no sanity validation (thresholds come from the real pass)."""
+        return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class: trained on normal images only."""
+        return LearningType.ONE_CLASS
+
+    @torch.no_grad()
+    def count_parameters(self) -> dict[str, int]:
+        """Learnable and frozen parameter counts."""
+        learnable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        return {"learnable": learnable, "frozen": frozen}
