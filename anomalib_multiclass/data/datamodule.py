@@ -233,7 +233,7 @@ class MultiClassDataModule(AnomalibDataModule):
     def _model_view_transform(self) -> Transform | None:
         if self.train_view_transform is not None:
             return self.train_view_transform
-        trainer = getattr(self, "_trainer", None)
+        trainer = getattr(self, "trainer", None)
         model = getattr(trainer, "lightning_module", None) if trainer is not None else None
         return getattr(model, "train_view_transform", None)
 
@@ -252,7 +252,7 @@ class MultiClassDataModule(AnomalibDataModule):
         train_data.view_transform = Compose([view, resizes[-1]]) if resizes else view
 
     def _nested_model_transform(self) -> Transform | None:
-        trainer = getattr(self, "_trainer", None)
+        trainer = getattr(self, "trainer", None)
         model = getattr(trainer, "lightning_module", None) if trainer is not None else None
         pre_processor = getattr(model, "pre_processor", None)
         return getattr(pre_processor, "transform", None)

@@ -1,0 +1,303 @@
+"""LGC as an anomalib model: ``anomalib train --model LGC --data MultiClassMVTecAD``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.transforms.v2 import (
+    ColorJitter,
+    Compose,
+    GaussianBlur,
+    InterpolationMode,
+    Normalize,
+    RandomGrayscale,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    RandomRotation,
+    RandomVerticalFlip,
+    Transform,
+)
+
+from anomalib_multiclass.models.components.base import MultiClassMixin
+from anomalib_multiclass.models.components.training import imagenet_pre_processor
+from anomalib_multiclass.models.lgc.loss import LGCLoss
+from anomalib_multiclass.models.lgc.torch_model import CODE_NOISE_PROB, LGCModel, kmeans
+
+logger = logging.getLogger(__name__)
+
+
+def lgc_view_transform(size: Sequence[int]) -> Compose:
+    """The official code's second-view augmentation, drawn per image from the original image (values in [0, 1]).
+
+    RandomResizedCrop (scale 0.8-1, ratio 3/4-4/3, bilinear), horizontal and vertical flips (p 0.5), ColorJitter
+    (0.4, 0.4, 0.4, hue 0.1), RandomGrayscale (p 0.2), GaussianBlur (kernel 23, σ 0.1-2), RandomRotation (±15°,
+    nearest, fill 0). Normalisation is left to the model's pre-processor, as for the clean view.
+    """
+    return Compose(
+        [
+            RandomResizedCrop(
+                tuple(int(s) for s in size),
+                scale=(0.8, 1.0),
+                ratio=(3 / 4, 4 / 3),
+                interpolation=InterpolationMode.BILINEAR,
+                antialias=True,
+            ),
+            RandomHorizontalFlip(0.5),
+            RandomVerticalFlip(0.5),
+            ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
+            RandomGrayscale(0.2),
+            GaussianBlur(kernel_size=23, sigma=(0.1, 2.0)),
+            RandomRotation(15, interpolation=InterpolationMode.NEAREST, expand=False, fill=0),
+        ]
+    )
+
+
+def _leaves(transform: Any) -> list[Any]:
+    if isinstance(transform, Compose):
+        return [leaf for child in transform.transforms for leaf in _leaves(child)]
+    return [] if transform is None else [transform]
+
+
+class LGC(MultiClassMixin, AnomalibModule):
+    """LGC: class-aware local and global contrastive learning on Reverse Distillation (Fan et al., 2024).
+
+    RD (frozen wide_resnet50_2 layer1-3, OCBE bottleneck, ResNet decoder) with a projector φ_p between encoder and
+    bottleneck. Training adds a local contrastive loss on the projected multi-scale features (positives: matched
+    positions in the image's augmented view; negatives: another class's view) and a supervised contrastive loss
+    on the pooled bottleneck features. Labels are the categories (``batch.class_index``), or k-means
+    pseudo-labels when the data has none; inference needs neither labels nor the second view.
+
+    Args:
+        backbone, layers, pre_trained, input_size, sigma, feature_noise, feature_noise_prob: see :class:`LGCModel`.
+        contrastive: ``False`` trains plain RD (+ projector) on all classes jointly (the paper's "Joint").
+        local_weight, global_weight: λ1, λ2 (1.0, 1.0).
+        temperature: τ of both contrastive losses (0.1).
+        local_window: Matching window k of the local loss (``None`` = whole map; 3; 1).
+        pseudo_labels: Use k-means pseudo-labels even when the data has categories (paper, Table 2).
+        num_clusters: K of the pseudo-labels (paper: 30 best of 15/30/60).
+        lr_projector: Adam learning rate of φ_p (1e-3).
+        lr: Adam learning rate of bottleneck and decoder (5e-3).
+        betas: Adam betas (official code: 0.5, 0.999).
+        gradient_clip_val: Gradient-norm clipping (5.0, passed to the trainer).
+        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = defaults).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
+        pre_trained: bool = True,
+        input_size: Sequence[int] = (256, 256),
+        sigma: float = 4.0,
+        feature_noise: bool = True,
+        feature_noise_prob: float = CODE_NOISE_PROB,
+        contrastive: bool = True,
+        local_weight: float = 1.0,
+        global_weight: float = 1.0,
+        temperature: float = 0.1,
+        local_window: int | None = None,
+        pseudo_labels: bool = False,
+        num_clusters: int = 30,
+        lr_projector: float = 1e-3,
+        lr: float = 5e-3,
+        betas: Sequence[float] = (0.5, 0.999),
+        gradient_clip_val: float = 5.0,
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        self.model_input_size = tuple(int(s) for s in input_size)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = LGCModel(
+            backbone=backbone,
+            layers=layers,
+            pre_trained=pre_trained,
+            input_size=self.model_input_size,
+            sigma=sigma,
+            feature_noise=feature_noise,
+            feature_noise_prob=feature_noise_prob,
+        )
+        self.loss = LGCLoss(
+            local_weight=local_weight,
+            global_weight=global_weight,
+            temperature=temperature,
+            window=local_window,
+            contrastive=contrastive,
+        )
+        self.contrastive = contrastive
+        self.pseudo_labels = pseudo_labels
+        self.num_clusters = num_clusters
+        self.lr_projector = lr_projector
+        self.lr = lr
+        self.betas = tuple(float(b) for b in betas)
+        self.gradient_clip_val = gradient_clip_val
+        self._pseudo_label_of: dict[str, int] | None = None
+
+    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize to the input size and normalise with ImageNet statistics (the code's clean view)."""
+        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (256, 256)))
+
+    @property
+    def train_view_transform(self) -> Transform | None:
+        """Ask the datamodule for the augmented second view (only when the contrastive losses are on)."""
+        # built on demand: a transform stored as an attribute would become a submodule of the model
+        return lgc_view_transform(self.model_input_size) if getattr(self, "contrastive", False) else None
+
+    # --- training inputs -----------------------------------------------------------------------------------
+    def _model_transform(self) -> Any:
+        return getattr(getattr(self, "pre_processor", None), "transform", None)
+
+    def _views(self, batch: Batch) -> torch.Tensor:
+        """The second view, normalised like the clean one by the pre-processor's own transform.
+
+        The datamodule builds ``batch.image_view`` from the original image in [0, 1]; the pre-processor only
+        touches ``batch.image``. Without it (a plain anomalib datamodule) the view is made here from the clean
+        image, de-normalised, augmented image by image (per-image random parameters) and normalised again.
+        """
+        transform = self._model_transform()
+        views = getattr(batch, "image_view", None)
+        if views is None:
+            normalize = next((t for t in _leaves(transform) if isinstance(t, Normalize)), None)
+            images = batch.image
+            if normalize is not None:
+                mean = torch.tensor(normalize.mean, device=images.device).view(1, -1, 1, 1)
+                std = torch.tensor(normalize.std, device=images.device).view(1, -1, 1, 1)
+                images = images * std + mean
+            augment = lgc_view_transform(self.model_input_size)
+            views = torch.stack([augment(image.clamp(0, 1)) for image in images])
+        views = views.to(batch.image.device, batch.image.dtype)
+        return transform(views) if transform is not None else views
+
+    def _labels(self, batch: Batch) -> torch.Tensor:
+        """Class labels for the contrastive losses: the categories, else the k-means pseudo-labels."""
+        classes = getattr(batch, "class_index", None)
+        if self._pseudo_label_of is None and (self.pseudo_labels or not isinstance(classes, torch.Tensor)):
+            self._fit_pseudo_labels(self.trainer.train_dataloader)
+        if self._pseudo_label_of is not None:
+            labels = [self._pseudo_label_of[str(path)] for path in batch.image_path]
+            return torch.tensor(labels, device=batch.image.device)
+        return classes.to(batch.image.device).long()
+
+    def on_train_start(self) -> None:
+        """Make sure the dataset builds the second view; pseudo-labels once, when forced or without classes."""
+        super().on_train_start()
+        if not self.contrastive:
+            return
+        dataloader = self.trainer.train_dataloader
+        dataset = getattr(dataloader, "dataset", None)
+        if dataset is not None and getattr(dataset, "view_transform", False) is None:
+            # a datamodule that does not wire ``train_view_transform`` itself (ours does, at setup): hand the view
+            # to the dataset, before the first batch is loaded
+            dataset.view_transform = self.train_view_transform
+        if self._pseudo_label_of is not None:
+            return
+        has_classes = False
+        if dataset is not None and len(dataset) > 0:
+            has_classes = isinstance(getattr(dataset[0], "class_index", None), torch.Tensor)
+        if self.pseudo_labels or not has_classes:
+            self._fit_pseudo_labels(dataloader)
+
+    @torch.no_grad()
+    def _fit_pseudo_labels(self, dataloader: Any) -> None:
+        """k-means pseudo-labels over the training set, keyed by image path.
+
+        K = ``num_clusters``; features: the L2-normalised pooled last stage of the frozen encoder.
+        """
+        dataset = getattr(dataloader, "dataset", None)
+        view = getattr(dataset, "view_transform", None)
+        if view is not None:
+            dataset.view_transform = None  # the pass needs the clean images only
+        transform = self._model_transform()
+        paths, features = [], []
+        if dataset is not None:  # every image once, whatever the training loader's shuffling or drop_last
+            dataloader = DataLoader(
+                dataset,
+                batch_size=getattr(dataloader, "batch_size", None) or 32,
+                shuffle=False,
+                num_workers=getattr(dataloader, "num_workers", 0),
+                collate_fn=getattr(dataloader, "collate_fn", None),
+            )
+        try:
+            for batch in dataloader:
+                images = batch.image.to(self.device)
+                images = transform(images) if transform is not None else images
+                features.append(self.model.pooled_features(images).cpu())
+                paths += [str(p) for p in batch.image_path]
+        finally:
+            if view is not None:
+                dataset.view_transform = view
+        labels = kmeans(torch.nn.functional.normalize(torch.cat(features), dim=1), self.num_clusters)
+        self._pseudo_label_of = dict(zip(paths, labels.tolist(), strict=True))
+        logger.info("LGC pseudo-labels: %d images in %d clusters.", len(paths), int(labels.max()) + 1)
+
+    # --- steps ---------------------------------------------------------------------------------------------
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """KD on the clean view; local and global contrastive losses with the second view and the labels."""
+        del args, kwargs
+        views = self._views(batch) if self.contrastive else None
+        labels = self._labels(batch) if self.contrastive else None
+        output = self.model(batch.image, views)
+        losses = self.loss(output, labels)
+        size = len(batch.image)
+        for name, value in losses.items():
+            self.log(
+                f"train_{name}", value.item(), on_epoch=True, prog_bar=name == "loss", logger=True, batch_size=size
+            )
+        return {"loss": losses["loss"]}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Anomaly maps and scores (no label, no second view)."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**{k: v for k, v in predictions._asdict().items() if v is not None})
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
+        """As validation."""
+        del batch_idx, dataloader_idx
+        return self.validation_step(batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """One Adam, two groups: φ_p at ``lr_projector``, bottleneck + decoder at ``lr``; constant rates."""
+        neck_and_decoder = [*self.model.bottleneck.parameters(), *self.model.decoder.parameters()]
+        return torch.optim.Adam(
+            [
+                {"params": [p for p in self.model.projector.parameters() if p.requires_grad], "lr": self.lr_projector},
+                {"params": [p for p in neck_and_decoder if p.requires_grad], "lr": self.lr},
+            ],
+            betas=self.betas,
+        )
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """Gradient-norm clipping 5.0 (official code); no sanity validation."""
+        return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class: trained on normal images only."""
+        return LearningType.ONE_CLASS
+
+    @torch.no_grad()
+    def count_parameters(self) -> dict[str, int]:
+        """Learnable and frozen parameter counts."""
+        learnable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        return {"learnable": learnable, "frozen": frozen}

@@ -1,0 +1,324 @@
+import math
+
+import pytest
+import torch
+from anomalib.models.image.reverse_distillation.components import get_bottleneck_layer
+from anomalib.models.image.reverse_distillation.loss import ReverseDistillationLoss
+from lightning.pytorch import Callback
+
+from anomalib_multiclass.data.dataclasses import MultiClassImageBatch
+from anomalib_multiclass.models.lgc import (
+    LGC,
+    LGCLoss,
+    LGCModel,
+    LocalContrastiveLoss,
+    SupervisedContrastiveLoss,
+    kmeans,
+    lgc_view_transform,
+)
+from anomalib_multiclass.models.lgc.loss import match_positions
+from tests.conftest import TINY_LGC
+
+# the smallest input RD's stride allows, for the runs that train (the 64 px synthetic images are resized)
+FAST_LGC = {**TINY_LGC, "input_size": (32, 32)}
+
+
+@pytest.fixture(autouse=True)
+def _flush_denormals():
+    # randomly initialised RD training on a CPU produces denormal floats that make steps 10-50x slower
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)
+
+
+def _tiny_model(**overrides) -> LGCModel:
+    return LGCModel(**{**TINY_LGC, **overrides})
+
+
+def test_shapes_in_training_and_inference():
+    model = _tiny_model().train()
+    images = torch.rand(3, 3, 64, 64)
+    out = model(images, images.flip(-1))
+    assert [f.shape[1:] for f in out["encoder"]] == [(64, 16, 16), (128, 8, 8), (256, 4, 4)]
+    for key in ("projected", "decoder", "encoder_view", "projected_view"):
+        assert [f.shape for f in out[key]] == [f.shape for f in out["encoder"]]
+    assert out["bottleneck"].shape == out["bottleneck_view"].shape == (3, 512, 2, 2)
+    model.eval()
+    pred = model(images)
+    assert pred.anomaly_map.shape == (3, 1, 64, 64)
+    assert torch.allclose(pred.pred_score, pred.anomaly_map.flatten(1).amax(1))
+    assert pred.pred_label is None
+    assert pred.pred_class is None
+
+
+def test_wide_resnet50_2_learnable_parameter_count():
+    module = LGC(pre_trained=False)
+    counts = module.count_parameters()
+    assert counts["learnable"] == 71_233_984
+    assert counts["frozen"] == 24_862_528  # the encoder, requires_grad off
+    model = module.model
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert not hasattr(model.bottleneck, "conv4")
+    assert not hasattr(model.bottleneck, "bn4")
+    assert sum(p.numel() for p in model.projector.parameters()) == 15_486_912
+    optimised = sum(p.numel() for group in module.configure_optimizers().param_groups for p in group["params"])
+    assert optimised == counts["learnable"]
+
+
+def test_bottleneck_without_conv4_is_anomalibs_ocbe():
+    model = _tiny_model().eval()
+    reference = get_bottleneck_layer("resnet18").eval()
+    missing, unexpected = reference.load_state_dict(model.bottleneck.state_dict(), strict=False)
+    assert {k.split(".")[0] for k in missing} == {"conv4", "bn4"}
+    assert not unexpected
+    features = model.encode(torch.rand(2, 3, 64, 64))
+    assert torch.equal(model.bottleneck(features), reference(features))
+
+
+def test_encoder_frozen_and_in_eval_mode_during_training():
+    model = _tiny_model().train()
+    assert not model.encoder.training
+    assert model.projector.training
+    assert model.bottleneck.training
+
+
+def test_optimizer_groups_and_trainer_arguments():
+    module = LGC(**TINY_LGC)
+    optimizer = module.configure_optimizers()
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-3, 5e-3]
+    assert optimizer.defaults["betas"] == (0.5, 0.999)
+    assert module.trainer_arguments == {"gradient_clip_val": 5.0, "num_sanity_val_steps": 0}
+
+
+def test_feature_noise_only_in_training_and_behind_its_flag():
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 64, 64)
+    noisy = _tiny_model(feature_noise_prob=1.0).train()
+    assert not torch.equal(noisy(images)["projected"][0], noisy(images)["projected"][0])
+    clean = _tiny_model(feature_noise=False).train()
+    assert torch.equal(clean(images)["projected"][0], clean(images)["projected"][0])
+    noisy.eval()
+    assert torch.equal(noisy(images).anomaly_map, noisy(images).anomaly_map)
+
+
+def test_matching_finds_the_shifted_position():
+    torch.manual_seed(0)
+    anchor = torch.randn(2, 16, 6, 7)
+    shifted = torch.roll(anchor, shifts=(1, 2), dims=(2, 3))
+    ys, xs = torch.meshgrid(torch.arange(6), torch.arange(7), indexing="ij")
+    expected = (((ys + 1) % 6) * 7 + (xs + 2) % 7).flatten()
+    assert torch.equal(match_positions(anchor, shifted), expected.expand(2, -1))
+    # a 5x5 window still reaches a (1, 2) shift except across the wrap-around border; k = 1 is the identity
+    windowed = match_positions(anchor, shifted, window=5)
+    interior = ((ys < 5) & (xs < 5)).flatten()
+    assert torch.equal(windowed[:, interior], expected[interior].expand(2, -1))
+    assert torch.equal(match_positions(anchor, shifted, window=1), torch.arange(42).expand(2, -1))
+    nearby = match_positions(anchor, shifted, window=3)
+    dy, dx = (nearby // 7 - ys.flatten()).abs(), (nearby % 7 - xs.flatten()).abs()
+    assert int(dy.max()) <= 1
+    assert int(dx.max()) <= 1
+
+
+def test_supcon_equals_a_hand_computation():
+    features = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, -0.6]])
+    labels = torch.tensor([0, 0, 1, 1])
+    tau = 0.5
+    loss = SupervisedContrastiveLoss(temperature=tau)(features, labels)
+    unit = [(x / math.hypot(x, y), y / math.hypot(x, y)) for x, y in features.tolist()]
+    total = 0.0
+    for i in range(4):
+        sims = {a: (unit[i][0] * unit[a][0] + unit[i][1] * unit[a][1]) / tau for a in range(4) if a != i}
+        denominator = sum(math.exp(s) for s in sims.values())
+        positives = [p for p in sims if labels[p] == labels[i]]
+        total += -sum(math.log(math.exp(sims[p]) / denominator) for p in positives) / len(positives)
+    assert loss.item() == pytest.approx(total / 4, rel=1e-5)
+
+
+def test_local_loss_equals_a_hand_computation_and_drops_anchors_without_negative():
+    torch.manual_seed(0)
+    p, p_view = [torch.randn(2, 4, 1, 2, requires_grad=True)], [torch.randn(2, 4, 1, 2)]
+    e = [torch.randn(2, 4, 1, 2)]
+    loss_fn = LocalContrastiveLoss(temperature=0.2, window=1)
+    labels = torch.tensor([0, 1])
+    loss = loss_fn(p, p_view, e, e, labels)
+    cos = torch.nn.functional.cosine_similarity
+    expected = []
+    for b, n in ((0, 1), (1, 0)):
+        for i in range(2):
+            pos = cos(p[0][b, :, 0, i], p_view[0][b, :, 0, i], dim=0) / 0.2
+            neg = cos(p[0][b, :, 0, i], p_view[0][n, :, 0, i], dim=0) / 0.2
+            expected.append(-torch.log(pos.exp() / (pos.exp() + neg.exp())))
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    same = loss_fn(p, p_view, e, e, torch.tensor([0, 0]))
+    assert same.item() == 0.0
+    same.backward()  # still part of the graph
+
+
+def test_each_loss_is_finite_and_decreases_on_a_tiny_run():
+    torch.manual_seed(0)
+    model = _tiny_model(feature_noise=False, input_size=(32, 32)).train()
+    loss_fn = LGCLoss()
+    # two "classes" (one random image each, two noisy copies); the views are flipped, shifted copies
+    images = torch.rand(2, 1, 3, 32, 32).expand(2, 2, 3, 32, 32).reshape(4, 3, 32, 32)
+    images = images + 0.05 * torch.randn_like(images)
+    views = torch.roll(images.flip(-1), shifts=(2, 2), dims=(2, 3))
+    labels = torch.tensor([0, 0, 1, 1])
+    optimizer = torch.optim.Adam(
+        [
+            {"params": model.projector.parameters(), "lr": 1e-3},
+            {"params": [*model.bottleneck.parameters(), *model.decoder.parameters()], "lr": 5e-3},
+        ],
+        betas=(0.5, 0.999),
+    )
+    history = {"kd": [], "local": [], "global": []}
+    for _ in range(8):
+        losses = loss_fn(model(images, views), labels)
+        assert all(torch.isfinite(v) for v in losses.values())
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        for key in history:
+            history[key].append(losses[key].item())
+    for key, values in history.items():
+        assert sum(values[-3:]) / 3 < sum(values[:3]) / 3, key
+
+
+def test_contrastive_switch_off_is_the_kd_loss():
+    torch.manual_seed(0)
+    module = LGC(**TINY_LGC, contrastive=False, feature_noise=False)
+    assert module.train_view_transform is None
+    module.model.train()
+    images = torch.rand(2, 3, 64, 64)
+    batch = MultiClassImageBatch(image=images)  # no labels, no view needed
+    loss = module.training_step(batch)["loss"]
+    out = module.model(images)
+    assert loss.item() == pytest.approx(ReverseDistillationLoss()(out["encoder"], out["decoder"]).item(), rel=1e-6)
+    assert "encoder_view" not in out
+
+
+def test_labels_and_view_are_needed_in_training_only():
+    module = LGC(**TINY_LGC)
+    module.model.eval()
+    batch = MultiClassImageBatch(image=torch.rand(2, 3, 64, 64))
+    assert batch.class_index is None
+    assert batch.image_view is None
+    predicted = module.validation_step(batch)
+    assert predicted.pred_score.shape == (2,)
+    assert predicted.anomaly_map.shape[-2:] == (64, 64)
+
+
+def test_view_transform_draws_per_image_and_keeps_the_size():
+    torch.manual_seed(0)
+    transform = lgc_view_transform((64, 64))
+    image = torch.rand(3, 80, 96)
+    first, second = transform(image), transform(image)
+    assert first.shape == second.shape == (3, 64, 64)
+    assert not torch.equal(first, second)
+
+
+def test_kmeans_recovers_well_separated_categories():
+    torch.manual_seed(0)
+    centres = torch.randn(4, 16) * 10
+    truth = torch.arange(4).repeat_interleave(12)
+    features = centres[truth] + 0.1 * torch.randn(48, 16)
+    found = kmeans(features, 4)
+    # the same partition up to a renaming of the clusters
+    assert torch.equal(found[:, None] == found[None, :], truth[:, None] == truth[None, :])
+    assert kmeans(features[:5], 8).max() <= 4  # K larger than the data is clamped
+
+
+class _Record(Callback):
+    def __init__(self):
+        self.views, self.labels = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        del trainer, pl_module, batch_idx
+        assert torch.isfinite(outputs["loss"])
+        self.views.append(None if batch.image_view is None else (batch.image_view.shape, batch.image.shape))
+        self.labels.append(batch.class_index)
+
+
+def test_fit_and_test_with_the_engine(synthetic_root, tmp_path):
+    from anomalib.engine import Engine
+
+    from anomalib_multiclass.data import MultiClassFolder
+
+    torch.manual_seed(0)
+    module = LGC(**FAST_LGC, visualizer=False)  # no heat-map pictures: seconds saved
+    recorder = _Record()
+    engine = Engine(
+        max_epochs=1,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[recorder],
+    )
+    datamodule = MultiClassFolder(root=synthetic_root, num_workers=0, train_batch_size=6)
+    engine.fit(module, datamodule=datamodule)
+    assert len(recorder.views) == 3
+    assert all(v is not None and v[0] == v[1] == (6, 3, 32, 32) for v in recorder.views)
+    assert all(labels is not None for labels in recorder.labels)
+    assert module._pseudo_label_of is None  # real categories were used
+    results = engine.test(module, datamodule=datamodule)
+    assert results
+    assert all(math.isfinite(v) for v in results[0].values())
+
+
+def test_pseudo_labels_when_forced(synthetic_root):
+    from lightning.pytorch import Trainer
+
+    from anomalib_multiclass.data import MultiClassFolder
+
+    torch.manual_seed(0)
+    module = LGC(**FAST_LGC, pseudo_labels=True, num_clusters=3)
+    trainer = Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=MultiClassFolder(root=synthetic_root, num_workers=0, train_batch_size=6))
+    assert len(module._pseudo_label_of) == 18
+    assert set(module._pseudo_label_of.values()) <= {0, 1, 2}
+
+
+def test_pseudo_labels_recover_the_generated_categories(synthetic_root, pretrained_lite0):
+    """With real ImageNet features the k-means pseudo-labels are the categories (up to renaming).
+
+    No ResNet ImageNet weights can be had offline, so the pooled features come from the real EfficientNet-Lite0
+    (a random resnet18 splits the brick crops); everything else is LGC's own pseudo-label pass.
+    """
+    del pretrained_lite0  # installs the weights into the offline hub cache
+    from pathlib import Path
+
+    from anomalib.models.components.feature_extractors import TimmFeatureExtractor
+    from lightning.pytorch import Trainer
+
+    from anomalib_multiclass.data import MultiClassFolder
+
+    torch.manual_seed(0)
+    module = LGC(**FAST_LGC, pseudo_labels=True, num_clusters=3)
+    imagenet = TimmFeatureExtractor("tf_efficientnet_lite0", layers=["blocks.4"], pre_trained=True).eval()
+    module.model.pooled_features = lambda images: imagenet(images)["blocks.4"].mean(dim=(2, 3))
+    trainer = Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=MultiClassFolder(root=synthetic_root, num_workers=0, train_batch_size=6))
+    found = module._pseudo_label_of
+    category = {path: Path(path).parts[-4] for path in found}  # <root>/<category>/train/good/<image>
+    assert set(category.values()) == {"brick", "coffee", "grass"}
+    for a in found:
+        for b in found:
+            assert (found[a] == found[b]) == (category[a] == category[b]), (a, b)
