@@ -26,6 +26,35 @@ TINY_UNIAD = {
     "pool_size": 4,
 }
 
+# An RLR with the paper's structure (three levels, both attentions, a window per level) at 64 px.
+TINY_RLR = {
+    "backbone": "tf_efficientnet_lite0",
+    "layers": (1, 2, 3),
+    "pre_trained": False,
+    "input_size": (64, 64),
+    "hidden_dims": (16, 16, 32),
+    "windows": (5, 3, 3),
+    "num_blocks": 1,
+    "num_heads": 2,
+}
+
+
+# Omni-AD's structure (neck, four decoder stages, both attentions, local branch) at 64 px with a tiny teacher:
+# lite0 stages 1-3 are 24/40/112 channels at strides 4/8/16, so the decoder runs 32/112/40/24 on 2/4/8/16 maps
+# (the first width is free: it is the neck's output; the derived default would be 2 x 112).
+TINY_OMNI_AD = {
+    "backbone": "tf_efficientnet_lite0",
+    "layers": (1, 2, 3),
+    "pre_trained": False,
+    "input_size": (64, 64),
+    "dims": (32, 112, 40, 24),
+    "depths": (1, 1, 1, 1),
+    "num_tokens": 4,
+}
+
+# RD's decoder exists for ResNets only: resnet18 at 64 px keeps every LGC test fast.
+TINY_LGC = {"backbone": "resnet18", "pre_trained": False, "input_size": (64, 64)}
+
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_UNIAD
+from tests.conftest import TINY_LGC, TINY_OMNI_AD, TINY_RLR, TINY_UNIAD
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -20,9 +20,9 @@ def _anomalib(*args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def _model_args() -> list[str]:
-    args = ["--model", "UniAD"]
-    for key, value in TINY_UNIAD.items():
+def _model_args(model: str = "UniAD", init_args: dict | None = None) -> list[str]:
+    args = ["--model", model]
+    for key, value in (TINY_UNIAD if init_args is None else init_args).items():
         text = (
             str(list(value)).replace(" ", "")
             if isinstance(value, tuple)
@@ -105,3 +105,73 @@ def test_test_and_export_from_the_checkpoint(trained_run, synthetic_root, tmp_pa
         "[64,64]",
     )
     assert list(Path(tmp_path / "export").rglob("model.onnx"))
+
+
+def test_predict_writes_a_heat_map_per_image(trained_run, synthetic_root, tmp_path):
+    root, _ = trained_run
+    checkpoint = next(root.rglob("*.ckpt"))
+    images = synthetic_root / "coffee" / "test"
+    _anomalib(
+        "predict",
+        *_model_args(),
+        "--data",
+        str(images),
+        "--ckpt_path",
+        str(checkpoint),
+        "--default_root_dir",
+        str(tmp_path),
+    )
+    assert {path.name for path in tmp_path.rglob("*.png")} >= {path.name for path in images.rglob("*.png")}
+
+
+# Every other model through the plain command with short names: train (fit + test), then predict and export from
+# the checkpoint.
+OTHER_MODELS = {"RLR": TINY_RLR, "OmniAD": TINY_OMNI_AD, "LGC": TINY_LGC}
+
+
+@pytest.mark.parametrize("model", list(OTHER_MODELS))
+def test_plain_cli_trains_tests_and_exports(model, synthetic_root, tmp_path):
+    data = ["--data", "MultiClassFolder", "--data.root", str(synthetic_root), "--data.num_workers", "0"]
+    result = _anomalib(
+        "train",
+        *_model_args(model, OTHER_MODELS[model]),
+        *data,
+        "--data.train_batch_size",
+        "6",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--default_root_dir",
+        str(tmp_path / "train"),
+    )
+    assert "Per-category test metrics (3 categories)" in result.stdout
+    checkpoint = next((tmp_path / "train").rglob("*.ckpt"))
+    # predict on a folder of images (no datamodule, no category): heat-map pictures, one per image
+    images = synthetic_root / "brick" / "test"
+    expected = {path.name for path in images.rglob("*.png")}
+    _anomalib(
+        "predict",
+        *_model_args(model, OTHER_MODELS[model]),
+        "--data",
+        str(images),
+        "--ckpt_path",
+        str(checkpoint),
+        "--default_root_dir",
+        str(tmp_path / "predict"),
+    )
+    assert {path.name for path in (tmp_path / "predict").rglob("*.png")} >= expected
+    _anomalib(
+        "export",
+        *_model_args(model, OTHER_MODELS[model]),
+        "--export_type",
+        "openvino",
+        "--ckpt_path",
+        str(checkpoint),
+        "--export_root",
+        str(tmp_path / "export"),
+        "--input_size",
+        "[64,64]",
+    )
+    assert list((tmp_path / "export").rglob("model.xml"))
+    assert list((tmp_path / "export").rglob("multiclass_metadata.json"))

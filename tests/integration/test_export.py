@@ -4,11 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from anomalib_multiclass.models import MintAD, UniAD
-from tests.conftest import TINY_UNIAD
+from anomalib_multiclass.models import LGC, RLR, MintAD, OmniAD, UniAD
+from tests.conftest import TINY_LGC, TINY_OMNI_AD, TINY_RLR, TINY_UNIAD
 
 TINY_MINT_AD = {k: v for k, v in TINY_UNIAD.items() if k not in {"neighbor_size", "pool_size", "layers"}}
-MODELS = {"UniAD": (UniAD, TINY_UNIAD), "MintAD": (MintAD, TINY_MINT_AD)}
+FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
+MODELS = {
+    "UniAD": (UniAD, TINY_UNIAD),
+    "MintAD": (MintAD, TINY_MINT_AD),
+    "RLR": (RLR, TINY_RLR),
+    "OmniAD": (OmniAD, TINY_OMNI_AD),
+    "LGC": (LGC, TINY_LGC),
+}
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -69,7 +76,8 @@ def test_openvino_parity_and_inferencer(trained_module, images, reference, tmp_p
     from anomalib_multiclass.deploy import MultiClassOpenVINOInferencer, read_metadata
 
     path = trained_module.to_openvino(export_root=tmp_path, input_size=(64, 64))
-    compiled = openvino.Core().compile_model(str(path), "CPU")
+    # CPUs with bf16 units (AMX, AVX512-BF16) run OpenVINO in bf16 unless told otherwise: parity is an fp32 claim
+    compiled = openvino.Core().compile_model(str(path), "CPU", FP32)
     result = compiled(images.numpy())
     outputs = {port.get_any_name(): value for port, value in result.items()}
     np.testing.assert_allclose(outputs["anomaly_map"], reference.anomaly_map.numpy(), atol=1e-4)
@@ -80,7 +88,7 @@ def test_openvino_parity_and_inferencer(trained_module, images, reference, tmp_p
     assert set(metadata["thresholds"]) == {"brick", "coffee", "grass", "global"}
     # anomalib's own inferencer runs models without extra outputs; ours (a subclass) runs every model
     inferencer_cls = OpenVINOInferencer if reference.pred_class is None else MultiClassOpenVINOInferencer
-    inferencer = inferencer_cls(path=path, device="CPU")
+    inferencer = inferencer_cls(path=path, device="CPU", config=FP32)
     prediction = inferencer.predict(images[0])
     if reference.pred_class is not None:
         assert prediction.category == [metadata["category_names"][int(reference.pred_class[0])]]

@@ -7,7 +7,7 @@ from anomalib.engine import Engine
 
 from anomalib_multiclass.data import MultiClassFolder
 from anomalib_multiclass.data.synthetic import make_synthetic_dataset
-from anomalib_multiclass.models import MintAD, UniAD
+from anomalib_multiclass.models import RLR, MintAD, OmniAD, UniAD
 
 COMMON = {
     "backbone": "tf_efficientnet_lite0",
@@ -23,6 +23,34 @@ COMMON = {
 MODELS = {
     "UniAD": (UniAD, {**COMMON, "neighbor_size": 3, "pool_size": 8}),
     "MintAD": (MintAD, COMMON),
+    "RLR": (
+        RLR,
+        {
+            "backbone": "tf_efficientnet_lite0",
+            "layers": (1, 2, 3),
+            "pre_trained": True,
+            "input_size": (128, 128),
+            "hidden_dims": (32, 64, 64),
+            "windows": (7, 5, 3),
+            "num_blocks": 1,
+            "num_heads": 4,
+            "lr": 3e-3,  # measured 0.82 I-AUROC / 0.85 P-AUROC (30 epochs, seed 0); 0.69 / 0.73 at lr 1e-3
+        },
+    ),
+    "OmniAD": (
+        OmniAD,
+        {
+            "backbone": "tf_efficientnet_lite0",  # the teacher: stages 1-3, 24/40/112 channels
+            "layers": (1, 2, 3),
+            "pre_trained": True,
+            "input_size": (128, 128),
+            "dims": (64, 112, 40, 24),
+            "depths": (1, 1, 1, 1),
+            "num_tokens": 16,
+            "num_heads": 4,
+            "lr": 1e-3,  # measured 0.90 I-AUROC / 0.89 P-AUROC (30 epochs, seed 0)
+        },
+    ),
 }
 
 

@@ -322,3 +322,22 @@ def test_pseudo_labels_recover_the_generated_categories(synthetic_root, pretrain
     for a in found:
         for b in found:
             assert (found[a] == found[b]) == (category[a] == category[b]), (a, b)
+
+
+def test_bfloat16_autocast_training_step_and_forward():
+    """The mixed-precision path (``--trainer.precision bf16-mixed``) stays finite; CPU autocast stands in for CUDA."""
+    torch.manual_seed(0)
+    model = _tiny_model(input_size=(32, 32)).train()
+    images = torch.rand(4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = LGCLoss()(model(images, images.flip(-1)), torch.tensor([0, 0, 1, 1]))
+    losses["loss"].backward()
+    assert all(torch.isfinite(value) for value in losses.values())
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad():
+        reference = model(images).anomaly_map
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            prediction = model(images).anomaly_map.float()
+    assert torch.isfinite(prediction).all()
+    assert torch.corrcoef(torch.stack([prediction.flatten(), reference.flatten()]))[0, 1] > 0.9
