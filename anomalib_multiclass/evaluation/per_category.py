@@ -5,7 +5,9 @@ the papers report, e.g. "mean image AUROC over the 15 MVTec AD categories"); the
 images mixed (the stricter "absolute-unified" view) are reported as ``pooled``. At the end of a test run
 the table is printed, logged to the Lightning logger (``image_AUROC/<category>``, ``image_AUROC/mean``,
 ``image_AUROC/pooled``; the mean also under the plain anomalib name ``image_AUROC``), and written as
-``per_category_metrics.csv`` / ``.json`` in the run's directory.
+``per_category_metrics.csv`` / ``.json`` in the run's directory. When several datasets are mixed into one run
+(``MixedMultiClassDataModule``: categories named ``<dataset>/<category>``), each dataset also gets its own mean
+over its categories, ``mean[<dataset>]``, the per-dataset columns of the papers' all-in-all tables.
 
 Memory: pixel-level metrics keep every pixel score of the test set (as anomalib's own pixel AUROC does),
 once, concatenated per category at the end: about 5 bytes × pixels × test images,
@@ -44,6 +46,18 @@ METRICS: dict[str, tuple[type[AnomalibMetric], tuple[str, str]]] = {
 }
 DEFAULT_METRICS = tuple(METRICS)
 ALL_CATEGORY = "all"
+SUMMARY_ROWS = ("mean", "pooled")
+
+
+def is_summary_row(name: str) -> bool:
+    """``mean``, ``pooled`` and the per-dataset ``mean[<dataset>]`` rows, as opposed to categories."""
+    return name in SUMMARY_ROWS or (name.startswith("mean[") and name.endswith("]"))
+
+
+def dataset_of(category: str) -> str | None:
+    """The dataset prefix of a namespaced category (``visa/candle`` -> ``visa``), else ``None``."""
+    prefix, separator, _ = category.partition("/")
+    return prefix if separator else None
 
 
 def _select(batch: Any, index: torch.Tensor) -> SimpleNamespace:
@@ -69,9 +83,10 @@ def _value(metric: AnomalibMetric) -> float:
 
 
 def format_table(results: dict[str, dict[str, float]], metric_names: Sequence[str]) -> str:
-    """Plain-text table: one row per category, then mean and pooled."""
+    """Plain-text table: one row per category, then the per-dataset means (if any), mean and pooled."""
     header = ["category", *metric_names]
-    rows = [[name] + [f"{values.get(m, math.nan):.4f}" for m in metric_names] for name, values in results.items()]
+    ordered = [n for n in results if not is_summary_row(n)] + [n for n in results if is_summary_row(n)]
+    rows = [[name] + [f"{results[name].get(m, math.nan):.4f}" for m in metric_names] for name in ordered]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
@@ -79,7 +94,7 @@ def format_table(results: dict[str, dict[str, float]], metric_names: Sequence[st
 
     sep = "  ".join("-" * w for w in widths)
     body = [line(r) for r in rows]
-    n_cat = len(rows) - 2
+    n_cat = sum(not is_summary_row(n) for n in ordered)
     return "\n".join([line(header), sep, *body[:n_cat], sep, *body[n_cat:]])
 
 
@@ -153,12 +168,18 @@ class PerCategoryEvaluator(Evaluator):
         return results
 
     def compute(self) -> dict[str, dict[str, float]]:
-        """``{category: {metric: value}, ..., "mean": ..., "pooled": ...}``; NaN where a metric is undefined."""
+        """``{category: {metric: value}, ..., "mean": ..., "pooled": ...}``; NaN where a metric is undefined.
+
+        Namespaced categories (``<dataset>/<category>``) add ``mean[<dataset>]`` rows before ``mean``.
+        """
         results = {category: self._compute_one(store) for category, store in sorted(self._per_category.items())}
-        mean = {}
-        for name in self.metric_names:
-            values = [v[name] for v in results.values() if not math.isnan(v[name])]
-            mean[name] = sum(values) / len(values) if values else math.nan
+        categories = list(results)
+        datasets = list(dict.fromkeys(d for d in map(dataset_of, categories) if d is not None))
+        if datasets:
+            for dataset in datasets:
+                own = [results[c] for c in categories if dataset_of(c) == dataset]
+                results[f"mean[{dataset}]"] = self._mean(own)
+        mean = self._mean([results[c] for c in categories])
         pooled_store: dict[str, list[torch.Tensor]] = {}
         for store in self._per_category.values():
             for name, parts in store.items():
@@ -169,6 +190,14 @@ class PerCategoryEvaluator(Evaluator):
         )
         self.results = results
         return results
+
+    def _mean(self, rows: Sequence[dict[str, float]]) -> dict[str, float]:
+        """Mean of each metric over ``rows``, ignoring categories where it is undefined."""
+        mean = {}
+        for name in self.metric_names:
+            values = [row[name] for row in rows if not math.isnan(row[name])]
+            mean[name] = sum(values) / len(values) if values else math.nan
+        return mean
 
     # --- Lightning hooks -------------------------------------------------------------------------
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -201,7 +230,8 @@ class PerCategoryEvaluator(Evaluator):
             if not math.isnan(results["mean"][name]):
                 pl_module.log(name, results["mean"][name], sync_dist=False)
         table = format_table(results, names)
-        print(f"\nPer-category test metrics ({len(results) - 2} categories):\n{table}\n")
+        n_categories = sum(not is_summary_row(row) for row in results)
+        print(f"\nPer-category test metrics ({n_categories} categories):\n{table}\n")
         directory = self._directory(trainer)
         if directory is not None:
             self.write(directory)

@@ -94,3 +94,21 @@ def test_undefined_metric_is_nan_not_a_crash():
 def test_unknown_metric_name_is_refused():
     with pytest.raises(ValueError, match="Available"):
         PerCategoryEvaluator(metrics=["image_accuracy"])
+
+
+def test_mixed_datasets_get_a_mean_per_dataset():
+    evaluator = PerCategoryEvaluator(metrics=["image_AUROC"])
+    evaluator.reset()
+    # mvtec/a perfect, mvtec/b inverted, visa/c perfect: dataset means 0.5 and 1.0, overall mean 2/3
+    scores = [0.1, 0.9, 0.9, 0.1, 0.2, 0.8]
+    labels = [0, 1, 0, 1, 0, 1]
+    evaluator.update(_batch(scores, labels, ["mvtec/a", "mvtec/a", "mvtec/b", "mvtec/b", "visa/c", "visa/c"]))
+    results = evaluator.compute()
+    assert list(results) == ["mvtec/a", "mvtec/b", "visa/c", "mean[mvtec]", "mean[visa]", "mean", "pooled"]
+    assert results["mean[mvtec]"]["image_AUROC"] == pytest.approx(0.5)
+    assert results["mean[visa]"]["image_AUROC"] == pytest.approx(1.0)
+    assert results["mean"]["image_AUROC"] == pytest.approx(2 / 3)  # over categories, not over dataset means
+    table = format_table(results, ["image_AUROC"])
+    lines = table.splitlines()
+    assert [line.split()[0] for line in lines[2:] if not line.startswith("-")] == list(results)
+    assert lines[5].startswith("-")  # the separator sits between the categories and the summary rows

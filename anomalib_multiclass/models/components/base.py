@@ -9,7 +9,10 @@ The mixin
   datamodule at fit time, saved in the checkpoint and checked again at test/predict time, so a
   model trained on 15 categories never silently remaps them;
 - lets a model ask the datamodule for a second augmented view of each training image
-  (``train_view_transform``), which arrives as ``batch.image_view``.
+  (``train_view_transform``), which arrives as ``batch.image_view``;
+- gives the steps every model here runs the same way: validation and prediction run the torch model on
+  the image alone (no label, no second view: what the exported graph does), one-class learning, and the
+  learnable/frozen parameter count the model READMEs and tests quote.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
+from anomalib import LearningType
 from torch import nn
 
 if TYPE_CHECKING:
+    from anomalib.data import Batch
     from anomalib.metrics import Evaluator
     from anomalib.visualization import Visualizer
     from torchvision.transforms.v2 import Transform
 
 CATEGORY_NAMES_KEY = "anomalib_multiclass_category_names"
+ONNX_OPSET_VERSION = 18
 
 
 class MultiClassInferenceBatch(NamedTuple):
@@ -60,6 +66,29 @@ class MultiClassMixin:
     def num_classes(self) -> int | None:
         """Number of categories the model was trained on, if known."""
         return None if self.category_names is None else len(self.category_names)
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class: trained on normal images only."""
+        return LearningType.ONE_CLASS
+
+    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> Batch:
+        """Anomaly maps and scores from the image alone (threshold and normalisation statistics)."""
+        del args, kwargs
+        predictions = self.model(batch.image)  # type: ignore[attr-defined]
+        return batch.update(**{k: v for k, v in predictions._asdict().items() if v is not None})
+
+    def predict_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> Batch:
+        """As validation (the post-processor callback thresholds and normalises)."""
+        del batch_idx, dataloader_idx
+        return self.validation_step(batch)
+
+    @torch.no_grad()
+    def count_parameters(self) -> dict[str, int]:
+        """Learnable and frozen parameter counts of the torch model."""
+        parameters = list(self.model.parameters())  # type: ignore[attr-defined]
+        learnable = sum(p.numel() for p in parameters if p.requires_grad)
+        return {"learnable": learnable, "frozen": sum(p.numel() for p in parameters) - learnable}
 
     def _datamodule_category_names(self) -> list[str] | None:
         trainer = getattr(self, "_trainer", None)
@@ -105,7 +134,13 @@ class MultiClassMixin:
         return path
 
     def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
-        """Anomalib's ONNX export, plus ``multiclass_metadata.json`` next to the model."""
+        """Anomalib's ONNX export at opset 18, plus ``multiclass_metadata.json`` next to the model.
+
+        anomalib asks for opset 14, below what torch's exporter writes (18): the exporter then tries a
+        down-conversion that fails on ``Pad``, prints a traceback and keeps opset 18 anyway. Asking for 18
+        gives the same model without the noise; ``opset_version=...`` still overrides it.
+        """
+        kwargs.setdefault("opset_version", ONNX_OPSET_VERSION)
         path = super().to_onnx(*args, **kwargs)  # type: ignore[misc]
         self._write_export_metadata(path)
         return path

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -263,17 +262,6 @@ class LGC(MultiClassMixin, AnomalibModule):
             )
         return {"loss": losses["loss"]}
 
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Anomaly maps and scores (no label, no second view)."""
-        del args, kwargs
-        predictions = self.model(batch.image)
-        return batch.update(**{k: v for k, v in predictions._asdict().items() if v is not None})
-
-    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
-        """As validation."""
-        del batch_idx, dataloader_idx
-        return self.validation_step(batch)
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """One Adam, two groups: φ_p at ``lr_projector``, bottleneck + decoder at ``lr``; constant rates."""
         neck_and_decoder = [*self.model.bottleneck.parameters(), *self.model.decoder.parameters()]
@@ -289,15 +277,3 @@ class LGC(MultiClassMixin, AnomalibModule):
     def trainer_arguments(self) -> dict[str, Any]:
         """Gradient-norm clipping 5.0 (official code); no sanity validation."""
         return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """One-class: trained on normal images only."""
-        return LearningType.ONE_CLASS
-
-    @torch.no_grad()
-    def count_parameters(self) -> dict[str, int]:
-        """Learnable and frozen parameter counts."""
-        learnable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
-        return {"learnable": learnable, "frozen": frozen}

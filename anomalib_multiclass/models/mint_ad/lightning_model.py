@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -157,11 +156,6 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         predictions = self.model(batch.image, class_index=classes)
         return batch.update(**{k: v for k, v in predictions._asdict().items() if v is not None})
 
-    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
-        """As validation."""
-        del batch_idx, dataloader_idx
-        return self.validation_step(batch)
-
     def on_test_epoch_start(self) -> None:
         """Start counting the classifier's hits per category."""
         self._class_hits: dict[str, list[int]] = {}
@@ -201,8 +195,3 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
     def trainer_arguments(self) -> dict[str, Any]:
         """Gradient clipping as UniAD; no sanity validation."""
         return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """One-class: trained on normal images only."""
-        return LearningType.ONE_CLASS

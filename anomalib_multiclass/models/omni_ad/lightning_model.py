@@ -7,8 +7,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -118,17 +116,6 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
         return {"loss": loss}
 
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Anomaly maps and scores for threshold and normalisation statistics."""
-        del args, kwargs
-        predictions = self.model(batch.image)
-        return batch.update(**{k: v for k, v in predictions._asdict().items() if v is not None})
-
-    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
-        """Same as validation (the post-processor callback thresholds and normalises)."""
-        del batch_idx, dataloader_idx
-        return self.validation_step(batch)
-
     def _decay_step(self) -> int | None:
         """Optimiser step at which the learning rate drops (80 % of the run), or ``None`` if the run is unbounded."""
         trainer = getattr(self, "_trainer", None)
@@ -157,15 +144,3 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
     def trainer_arguments(self) -> dict[str, Any]:
         """Gradient clipping (5.0, global L2 norm); no sanity validation (thresholds come from the real pass)."""
         return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """One-class: trained on normal images only."""
-        return LearningType.ONE_CLASS
-
-    @torch.no_grad()
-    def count_parameters(self) -> dict[str, int]:
-        """Learnable and frozen parameter counts."""
-        learnable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
-        return {"learnable": learnable, "frozen": frozen}

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -103,17 +101,6 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
         return {"loss": loss}
 
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Anomaly maps and scores for threshold and normalisation statistics."""
-        del args, kwargs
-        predictions = self.model(batch.image)
-        return batch.update(**{k: v for k, v in predictions._asdict().items() if v is not None})
-
-    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
-        """Same as validation (the post-processor callback thresholds and normalises)."""
-        del batch_idx, dataloader_idx
-        return self.validation_step(batch)
-
     def configure_optimizers(self) -> optim.Optimizer:
         """Adam, lr 1e-4, betas (0.9, 0.999), no weight decay, no schedule (the official code)."""
         return optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.lr)
@@ -122,15 +109,3 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
     def trainer_arguments(self) -> dict[str, Any]:
         """No gradient clipping (the official code has none); no sanity validation."""
         return {"num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """One-class: trained on normal images only."""
-        return LearningType.ONE_CLASS
-
-    @torch.no_grad()
-    def count_parameters(self) -> dict[str, int]:
-        """Learnable and frozen parameter counts."""
-        learnable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
-        return {"learnable": learnable, "frozen": frozen}
