@@ -175,10 +175,9 @@ class PerCategoryEvaluator(Evaluator):
         results = {category: self._compute_one(store) for category, store in sorted(self._per_category.items())}
         categories = list(results)
         datasets = list(dict.fromkeys(d for d in map(dataset_of, categories) if d is not None))
-        if datasets:
-            for dataset in datasets:
-                own = [results[c] for c in categories if dataset_of(c) == dataset]
-                results[f"mean[{dataset}]"] = self._mean(own)
+        for dataset in datasets:
+            own = [results[c] for c in categories if dataset_of(c) == dataset]
+            results[f"mean[{dataset}]"] = self._mean(own)
         mean = self._mean([results[c] for c in categories])
         pooled_store: dict[str, list[torch.Tensor]] = {}
         for store in self._per_category.values():
