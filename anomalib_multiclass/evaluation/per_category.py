@@ -85,8 +85,7 @@ def _value(metric: AnomalibMetric) -> float:
 def format_table(results: dict[str, dict[str, float]], metric_names: Sequence[str]) -> str:
     """Plain-text table: one row per category, then the per-dataset means (if any), mean and pooled."""
     header = ["category", *metric_names]
-    ordered = [n for n in results if not is_summary_row(n)] + [n for n in results if is_summary_row(n)]
-    rows = [[name] + [f"{results[name].get(m, math.nan):.4f}" for m in metric_names] for name in ordered]
+    rows = [[name] + [f"{values.get(m, math.nan):.4f}" for m in metric_names] for name, values in results.items()]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
@@ -94,7 +93,7 @@ def format_table(results: dict[str, dict[str, float]], metric_names: Sequence[st
 
     sep = "  ".join("-" * w for w in widths)
     body = [line(r) for r in rows]
-    n_cat = sum(not is_summary_row(n) for n in ordered)
+    n_cat = sum(not is_summary_row(name) for name in results)  # compute() puts the summary rows last
     return "\n".join([line(header), sep, *body[:n_cat], sep, *body[n_cat:]])
 
 
