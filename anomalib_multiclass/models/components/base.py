@@ -17,6 +17,7 @@ The mixin
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -78,10 +79,39 @@ class MultiClassMixin:
         predictions = self.model(batch.image)  # type: ignore[attr-defined]
         return batch.update(**{k: v for k, v in predictions._asdict().items() if v is not None})
 
+    def test_step(self, batch: Batch, batch_idx: int = 0, *args: Any, **kwargs: Any) -> Batch:
+        """As prediction: the evaluator and visualizer then see every output of the model."""
+        del args, kwargs
+        return self.predict_step(batch, batch_idx)
+
     def predict_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> Batch:
-        """As validation (the post-processor callback thresholds and normalises)."""
+        """As validation (the post-processor callback thresholds and normalises).
+
+        A plain anomalib ``ImageBatch`` (anomalib's ``PredictDataset`` on a folder of images, its ``Folder``
+        datamodule) has no ``pred_class`` field and its ``update`` would drop the predicted class, so the
+        post-processor fell back to the global threshold: it is turned into a :class:`MultiClassImageBatch`.
+        """
         del batch_idx, dataloader_idx
-        return self.validation_step(batch)
+        return self.validation_step(as_multiclass_batch(batch))
+
+    def _check_batch_categories(self, batch: Batch) -> None:
+        """Refuse data whose ``class_index`` means another category than it did in training."""
+        check_batch_categories(self.category_names, batch)
+
+    def on_validation_batch_start(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Check the batch's category map (data that bypassed the datamodule check, e.g. bare dataloaders)."""
+        del batch_idx, dataloader_idx
+        self._check_batch_categories(batch)
+
+    def on_test_batch_start(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Check the batch's category map."""
+        del batch_idx, dataloader_idx
+        self._check_batch_categories(batch)
+
+    def on_predict_batch_start(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Check the batch's category map."""
+        del batch_idx, dataloader_idx
+        self._check_batch_categories(batch)
 
     @torch.no_grad()
     def count_parameters(self) -> dict[str, int]:
@@ -173,11 +203,18 @@ class MultiClassMixin:
         checkpoint[CATEGORY_NAMES_KEY] = self.category_names
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the category map saved with the weights; later data is checked against it."""
+        """Restore the category map saved with the weights and check the attached data against it.
+
+        Lightning runs ``setup`` (which takes the datamodule's order into a fresh model) before it restores a
+        ``ckpt_path``, so the datamodule is checked here again, against the checkpoint's map.
+        """
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
         names = checkpoint.get(CATEGORY_NAMES_KEY)
         if names is not None:
             self.category_names = list(names)
+            given = self._datamodule_category_names()
+            if given is not None:
+                check_category_names(self.category_names, given)
         # size the per-class tables as saved, before the state dict is loaded
         saved = checkpoint.get("state_dict", {}).get("post_processor.class_image_threshold")
         resize = getattr(getattr(self, "post_processor", None), "set_num_classes", None)
@@ -202,6 +239,37 @@ def check_category_names(trained: list[str], given: list[str]) -> None:
         raise CategoryMismatchError(msg)
     msg = (
         f"The datamodule numbers its categories {given}, the model was trained with {trained}. "
-        "Pass `category_names` (the trained order) to the datamodule so class indices keep their meaning."
+        f"Pass the trained order to the datamodule so class indices keep their meaning: "
+        f'`category_names={trained}` (command line: `--data.category_names "[{", ".join(trained)}]"`); '
+        "`categories` may then be any subset of them."
     )
     raise CategoryMismatchError(msg)
+
+
+def check_batch_categories(trained: list[str] | None, batch: Any) -> None:
+    """Raise unless every ``(category, class_index)`` pair of ``batch`` has the trained meaning."""
+    categories, classes = getattr(batch, "category", None), getattr(batch, "class_index", None)
+    if trained is None or categories is None or not isinstance(classes, torch.Tensor):
+        return
+    for category, index in dict.fromkeys(zip(categories, classes.reshape(-1).tolist(), strict=True)):
+        if 0 <= index < len(trained) and trained[index] == category:
+            continue
+        if category not in trained:
+            check_category_names(trained, [category])  # raises: not seen in training
+        msg = (
+            f"The data gives category {category!r} the class index {index}; the model was trained with it as "
+            f"{trained.index(category)} (order {trained}). Build the dataset or datamodule with "
+            f"`category_names={trained}`."
+        )
+        raise CategoryMismatchError(msg)
+
+
+def as_multiclass_batch(batch: Batch) -> Batch:
+    """``batch`` as a :class:`MultiClassImageBatch` (which keeps ``pred_class``) if it is a plain ``ImageBatch``."""
+    from anomalib.data import ImageBatch
+
+    from anomalib_multiclass.data.dataclasses import MultiClassImageBatch
+
+    if isinstance(batch, MultiClassImageBatch) or type(batch) is not ImageBatch:
+        return batch
+    return MultiClassImageBatch(**{f.name: getattr(batch, f.name) for f in fields(batch) if f.init})
