@@ -91,15 +91,20 @@ def test_openvino_parity_and_inferencer(trained_module, images, reference, tmp_p
     metadata = read_metadata(path)
     assert metadata["category_names"] == ["brick", "coffee", "grass"]
     assert set(metadata["thresholds"]) == {"brick", "coffee", "grass", "global"}
-    # anomalib's own inferencer runs models without extra outputs; ours (a subclass) runs every model
-    inferencer_cls = OpenVINOInferencer if reference.pred_class is None else MultiClassOpenVINOInferencer
-    inferencer = inferencer_cls(path=path, device="CPU", config=FP32)
-    prediction = inferencer.predict(images[0])
+    # anomalib's own inferencer runs every model (issue 16: it crashed on MINT-AD's pred_class); ours keeps the class
+    stock = OpenVINOInferencer(path=path, device="CPU", config=FP32).predict(images[0])
+    ours = MultiClassOpenVINOInferencer(path=path, device="CPU", config=FP32).predict(images[0])
+    for prediction in (stock, ours):
+        np.testing.assert_allclose(
+            np.asarray(prediction.anomaly_map).squeeze(), reference.anomaly_map[0].squeeze().numpy(), atol=1e-4
+        )
+        np.testing.assert_allclose(
+            np.asarray(prediction.pred_score).reshape(-1)[0], reference.pred_score[0].item(), atol=1e-4
+        )
+    assert not hasattr(stock, "pred_class")
     if reference.pred_class is not None:
-        assert prediction.category == [metadata["category_names"][int(reference.pred_class[0])]]
-    np.testing.assert_allclose(
-        np.asarray(prediction.anomaly_map).squeeze(), reference.anomaly_map[0].squeeze().numpy(), atol=1e-4
-    )
-    np.testing.assert_allclose(
-        np.asarray(prediction.pred_score).reshape(-1)[0], reference.pred_score[0].item(), atol=1e-4
-    )
+        assert metadata["hidden_outputs"] == ["pred_class"]
+        assert int(np.asarray(ours.pred_class).reshape(-1)[0]) == int(reference.pred_class[0])
+        assert ours.category == [metadata["category_names"][int(reference.pred_class[0])]]
+    else:
+        assert ours.pred_class is None

@@ -154,13 +154,13 @@ class MultiClassMixin:
             "thresholds": table(self.category_names) if table is not None else {},
         }
 
-    def _write_export_metadata(self, model_path: Path) -> Path:
+    def _write_export_metadata(self, model_path: Path, **extra: Any) -> Path:
         import json
 
         from anomalib_multiclass.deploy import METADATA_FILE
 
         path = Path(model_path).parent / METADATA_FILE
-        path.write_text(json.dumps(self.export_metadata(), indent=2))
+        path.write_text(json.dumps({**self.export_metadata(), **extra}, indent=2))
         return path
 
     def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
@@ -176,9 +176,16 @@ class MultiClassMixin:
         return path
 
     def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
-        """Anomalib's OpenVINO export, plus ``multiclass_metadata.json`` next to the model."""
+        """Anomalib's OpenVINO export that anomalib's own ``OpenVINOInferencer`` runs, plus the metadata file.
+
+        anomalib's inferencer makes a ``NumpyImageBatch`` of every model output and fails on a field it does not
+        know, so outputs beyond anomalib's (MINT-AD's ``pred_class``) stay in the graph as named tensors but not
+        as outputs; the metadata lists them (``hidden_outputs``) and ``MultiClassOpenVINOInferencer`` reads them.
+        """
+        from anomalib_multiclass.deploy.inferencer import hide_extra_outputs
+
         path = super().to_openvino(*args, **kwargs)  # type: ignore[misc]
-        self._write_export_metadata(path)
+        self._write_export_metadata(path, hidden_outputs=hide_extra_outputs(path))
         return path
 
     def _sync_post_processor(self) -> None:
