@@ -108,3 +108,22 @@ def test_openvino_parity_and_inferencer(trained_module, images, reference, tmp_p
         assert ours.category == [metadata["category_names"][int(reference.pred_class[0])]]
     else:
         assert ours.pred_class is None
+
+
+def test_engine_predict_on_a_plain_folder_keeps_every_output(trained_module, images, tmp_path):
+    # issue 16, case 3: anomalib's PredictDataset gives plain ImageBatches whose update() dropped pred_class, so
+    # MINT-AD's per-class thresholds fell back to the global ones
+    from anomalib.engine import Engine
+    from PIL import Image
+
+    pixels = (images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "image.png")
+    with torch.no_grad():
+        eager = trained_module(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255)
+    engine = Engine(accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    (batch,) = engine.predict(trained_module, data_path=tmp_path / "image.png")
+    np.testing.assert_allclose(batch.pred_score.reshape(-1).numpy(), eager.pred_score.numpy(), atol=1e-5)
+    np.testing.assert_allclose(batch.anomaly_map.squeeze().numpy(), eager.anomaly_map.squeeze().numpy(), atol=1e-5)
+    assert torch.equal(batch.pred_label.reshape(-1), eager.pred_label.reshape(-1))
+    if eager.pred_class is not None:
+        assert torch.equal(batch.pred_class, eager.pred_class)
