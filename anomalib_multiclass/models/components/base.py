@@ -204,6 +204,17 @@ class MultiClassMixin:
         self._sync_post_processor()
         super().setup(stage)  # type: ignore[misc]
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Lightning's loading without fetching backbone weights: the checkpoint holds them (works offline).
+
+        ``pre_trained`` and ``backbone_weights`` from the checkpoint's hyper-parameters would download or read the
+        ImageNet weights only to overwrite them with the checkpoint's; pass them explicitly to override.
+        """
+        kwargs.setdefault("pre_trained", False)
+        kwargs.setdefault("backbone_weights", None)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[misc]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the category map with the weights."""
         super().on_save_checkpoint(checkpoint)  # type: ignore[misc]

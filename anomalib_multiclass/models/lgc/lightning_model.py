@@ -90,6 +90,7 @@ class LGC(MultiClassMixin, AnomalibModule):
         lr: Adam learning rate of bottleneck and decoder (5e-3).
         betas: Adam betas (official code: 0.5, 0.999).
         gradient_clip_val: Gradient-norm clipping (5.0, passed to the trainer).
+        backbone_weights: Local file with the backbone's weights (timm format) instead of the download (offline use).
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = defaults).
     """
 
@@ -98,6 +99,7 @@ class LGC(MultiClassMixin, AnomalibModule):
         backbone: str = "wide_resnet50_2",
         layers: Sequence[str] = ("layer1", "layer2", "layer3"),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: Sequence[int] = (256, 256),
         sigma: float = 4.0,
         feature_noise: bool = True,
@@ -129,6 +131,7 @@ class LGC(MultiClassMixin, AnomalibModule):
             backbone=backbone,
             layers=layers,
             pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
             input_size=self.model_input_size,
             sigma=sigma,
             feature_noise=feature_noise,

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from anomalib.models.components import GaussianBlur2d, TimmFeatureExtractor
+from anomalib.models.components import GaussianBlur2d
 from anomalib.models.components.backbone import get_decoder
 from anomalib.models.image.reverse_distillation.components import get_bottleneck_layer
 from torch import nn
 
 from anomalib_multiclass.models.components.base import MultiClassInferenceBatch
+from anomalib_multiclass.models.components.feature_extractor import timm_feature_extractor
 
 # P(N(0, 1) > 0.5): the official code adds feature noise when one standard-normal draw exceeds 0.5.
 CODE_NOISE_PROB = 0.3085375387259869
@@ -77,6 +78,7 @@ class LGCModel(nn.Module):
             (``resnet18/34/50/101/152``, ``resnext50_32x4d``, ``resnext101_32x8d``, ``wide_resnet50_2/101_2``).
         layers: Encoder stages (RD: ``layer1..layer3``).
         pre_trained: ImageNet weights for the encoder (timm).
+        backbone_weights: Local file with the backbone's weights (timm format), loaded instead of the download.
         input_size: Image size (H, W); a multiple of 32 (the bottleneck halves the deepest map once more).
         sigma: Gaussian smoothing of the anomaly map (RD: 4; kernel 2·int(4σ + 0.5) + 1 = 33).
         feature_noise: Training-only noise on the projected clean-view features (official code, not in the
@@ -88,6 +90,7 @@ class LGCModel(nn.Module):
         backbone: str = "wide_resnet50_2",
         layers: Sequence[str] = ("layer1", "layer2", "layer3"),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: Sequence[int] = (256, 256),
         sigma: float = 4.0,
         feature_noise: bool = True,
@@ -99,7 +102,7 @@ class LGCModel(nn.Module):
         if self.input_size[0] % 32 or self.input_size[1] % 32:
             msg = f"input_size {self.input_size} must be a multiple of 32 (encoder stride 16, bottleneck stride 2)."
             raise ValueError(msg)
-        self.encoder = TimmFeatureExtractor(backbone=backbone, layers=list(layers), pre_trained=pre_trained)
+        self.encoder = timm_feature_extractor(backbone, layers, pre_trained=pre_trained, weights=backbone_weights)
         self.encoder.requires_grad_(False)
         self.encoder.eval()
         self.projector = Projector(self.encoder.out_dims)

@@ -41,6 +41,7 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         prior_weight: Weight of the prior loss (0.1).
         lr, weight_decay, lr_step_epochs, lr_gamma, gradient_clip_val: AdamW recipe (the paper follows UniAD).
         cache_features, feature_cache_max_bytes: frozen-feature cache (see ``UniAD``).
+        backbone_weights: Local file with the backbone's weights (timm format) instead of the download (offline use).
         pre_processor, post_processor, evaluator, visualizer: anomalib components.
     """
 
@@ -50,6 +51,7 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         backbone: str = "tf_efficientnet_b4.aa_in1k",
         layers: Sequence[int] = (0, 1, 2, 3),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: Sequence[int] = (224, 224),
         hidden_dim: int = 256,
         num_heads: int = 8,
@@ -89,6 +91,7 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
             "backbone": backbone,
             "layers": tuple(layers),
             "pre_trained": pre_trained,
+            "backbone_weights": backbone_weights,
             "input_size": self.model_input_size,
             "hidden_dim": hidden_dim,
             "num_heads": num_heads,

@@ -137,6 +137,7 @@ class MintADModel(nn.Module):
         backbone, layers, pre_trained, input_size, hidden_dim, num_heads, ffn_dim, num_encoder_layers,
             num_decoder_layers, dropout, jitter_scale, jitter_prob: as UniAD (no neighbour mask, no
             layer-wise query: the paper drops both).
+        backbone_weights: Local file with the backbone's weights (timm format), loaded instead of the download.
         token_dim: Size of the class token t_c (32).
         inr_layers: Synthesis/modulation depth of the INR (5).
         omega: SIREN frequency ω₀ (30; not given by the paper).
@@ -152,6 +153,7 @@ class MintADModel(nn.Module):
         backbone: str = "tf_efficientnet_b4.aa_in1k",
         layers: Sequence[int] = (0, 1, 2, 3),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: tuple[int, int] = (224, 224),
         hidden_dim: int = 256,
         num_heads: int = 8,
@@ -171,7 +173,9 @@ class MintADModel(nn.Module):
         if prompt not in {"feature", "label"}:
             msg = f"prompt must be 'feature' or 'label', got {prompt!r}."
             raise ValueError(msg)
-        self.feature_extractor = MultiStageFeatureExtractor(backbone, layers, pre_trained=pre_trained)
+        self.feature_extractor = MultiStageFeatureExtractor(
+            backbone, layers, pre_trained=pre_trained, weights=backbone_weights
+        )
         input_size = tuple(input_size)
         self.input_size = input_size
         self.feature_size = self.feature_extractor.grid(input_size)

@@ -44,6 +44,7 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         cache_features: Train from cached teacher maps after the first epoch when the training data is not randomly
             augmented (exactly equivalent: the jitter is drawn after the neck).
         feature_cache_max_bytes: Memory bound of the cache (CPU memory; 1.75 MiB per image for ResNet-34 at 256 px).
+        backbone_weights: Local file with the backbone's weights (timm format) instead of the download (offline use).
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = defaults).
     """
 
@@ -52,6 +53,7 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         backbone: str = "resnet34.bt_in1k",
         layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: Sequence[int] = (256, 256),
         dims: Sequence[int] | None = None,
         depths: Sequence[int] = (3, 9, 9, 7),
@@ -85,6 +87,7 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
             backbone=backbone,
             layers=layers,
             pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
             input_size=self.model_input_size,
             dims=dims,
             depths=depths,

@@ -35,6 +35,7 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         cache_features: Train from cached pooled features after the first epoch when the training data is
             not randomly augmented (exactly equivalent: the perturbation is drawn after the cache).
         feature_cache_max_bytes: Memory bound of the cache (CPU memory).
+        backbone_weights: Local file with the backbone's weights (timm format) instead of the download (offline use).
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = defaults).
     """
 
@@ -43,6 +44,7 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         backbone: str = "tf_efficientnet_b6.aa_in1k",
         layers: Sequence[int] = (1, 2, 3),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: Sequence[int] = (256, 256),
         hidden_dims: Sequence[int] = (128, 256, 512),
         windows: Sequence[int] = (11, 7, 5),
@@ -73,6 +75,7 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
             backbone=backbone,
             layers=layers,
             pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
             input_size=self.model_input_size,
             hidden_dims=hidden_dims,
             windows=windows,

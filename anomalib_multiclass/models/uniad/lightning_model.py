@@ -44,6 +44,7 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         cache_features: Train from cached frozen features after the first epoch when the training data is
             not randomly augmented (exactly equivalent, much faster); recomputed otherwise.
         feature_cache_max_bytes: Memory bound of the cache (CPU memory).
+        backbone_weights: Local file with the backbone's weights (timm format) instead of the download (offline use).
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = defaults).
     """
 
@@ -52,6 +53,7 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         backbone: str = "tf_efficientnet_b4.aa_in1k",
         layers: Sequence[int] = (0, 1, 2, 3),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: Sequence[int] = (224, 224),
         hidden_dim: int = 256,
         num_heads: int = 8,
@@ -88,6 +90,7 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
             backbone=backbone,
             layers=layers,
             pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
             input_size=self.model_input_size,
             hidden_dim=hidden_dim,
             num_heads=num_heads,

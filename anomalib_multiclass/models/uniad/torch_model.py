@@ -28,6 +28,7 @@ class UniADModel(nn.Module):
         backbone: timm backbone name (frozen).
         layers: timm out-indices of the stages (EfficientNet stages 1-4 = ``(0, 1, 2, 3)``).
         pre_trained: ImageNet weights for the backbone.
+        backbone_weights: Local file with the backbone's weights (timm format), loaded instead of the download.
         input_size: Image size the model runs at; fixes the token grid (positional embeddings, masks).
         jitter_scale: Feature-jitter α (20); 0 disables it.
         jitter_prob: Probability of jittering a batch (1.0).
@@ -41,6 +42,7 @@ class UniADModel(nn.Module):
         backbone: str = "tf_efficientnet_b4.aa_in1k",
         layers: Sequence[int] = (0, 1, 2, 3),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: tuple[int, int] = (224, 224),
         hidden_dim: int = 256,
         num_heads: int = 8,
@@ -56,7 +58,9 @@ class UniADModel(nn.Module):
         pool_size: int = 16,
     ) -> None:
         super().__init__()
-        self.feature_extractor = MultiStageFeatureExtractor(backbone, layers, pre_trained=pre_trained)
+        self.feature_extractor = MultiStageFeatureExtractor(
+            backbone, layers, pre_trained=pre_trained, weights=backbone_weights
+        )
         input_size = tuple(input_size)
         self.input_size = input_size
         self.feature_size = self.feature_extractor.grid(input_size)
