@@ -80,8 +80,9 @@ def missing_weights_message(backbone: str, error: BaseException) -> str:
     hub_id = getattr(config, "hf_hub_id", None)
     source = f"the Hugging Face hub ({hub_id})" if hub_id else f"{getattr(config, 'url', None) or 'timm'}"
     download = (
-        f"`huggingface-cli download {hub_id}` where there is a network, then copy the Hugging Face cache "
-        "(~/.cache/huggingface/hub, or $HF_HOME/hub) to this machine and set HF_HUB_OFFLINE=1"
+        f"run `hf download {hub_id}` (older huggingface_hub: `huggingface-cli download {hub_id}`) where there is "
+        "a network, copy the Hugging Face cache (~/.cache/huggingface/hub, or $HF_HOME/hub) to this machine and set "
+        "HF_HUB_OFFLINE=1"
         if hub_id
         else "download the file where there is a network"
     )
