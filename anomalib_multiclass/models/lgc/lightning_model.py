@@ -10,7 +10,6 @@ import torch
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
@@ -30,7 +29,6 @@ from torchvision.transforms.v2 import (
 )
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
-from anomalib_multiclass.models.components.training import imagenet_pre_processor
 from anomalib_multiclass.models.lgc.loss import LGCLoss
 from anomalib_multiclass.models.lgc.torch_model import CODE_NOISE_PROB, LGCModel, kmeans
 
@@ -121,6 +119,7 @@ class LGC(MultiClassMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         self.model_input_size = tuple(int(s) for s in input_size)
+        self.backbone_name = backbone
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -152,10 +151,6 @@ class LGC(MultiClassMixin, AnomalibModule):
         self.betas = tuple(float(b) for b in betas)
         self.gradient_clip_val = gradient_clip_val
         self._pseudo_label_of: dict[str, int] | None = None
-
-    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to the input size and normalise with ImageNet statistics (the code's clean view)."""
-        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (256, 256)))
 
     @property
     def train_view_transform(self) -> Transform | None:

@@ -9,7 +9,6 @@ import torch
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
@@ -19,7 +18,6 @@ from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCac
 from anomalib_multiclass.models.components.training import (
     FeatureCacheMixin,
     adamw_with_step_decay,
-    imagenet_pre_processor,
 )
 from anomalib_multiclass.models.mint_ad.loss import MintADLoss
 from anomalib_multiclass.models.mint_ad.torch_model import MintADModel
@@ -81,6 +79,7 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         self.model_input_size = tuple(int(s) for s in input_size)
+        self.backbone_name = backbone
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -132,10 +131,6 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         super().on_load_checkpoint(checkpoint)
         head = checkpoint.get("state_dict", {}).get("model.prompt_mapper.head.weight")
         self._build(len(self.category_names) if self.category_names else head.shape[0] if head is not None else 1)
-
-    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize and ImageNet normalisation, no augmentation (as UniAD)."""
-        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (224, 224)))
 
     def _classes(self, batch: Batch) -> torch.Tensor | None:
         classes = getattr(batch, "class_index", None)

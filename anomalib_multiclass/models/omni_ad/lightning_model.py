@@ -10,14 +10,13 @@ from typing import Any
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn, optim
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
-from anomalib_multiclass.models.components.training import FeatureCacheMixin, imagenet_pre_processor
+from anomalib_multiclass.models.components.training import FeatureCacheMixin
 from anomalib_multiclass.models.omni_ad.loss import OmniADLoss
 from anomalib_multiclass.models.omni_ad.torch_model import OmniADModel
 
@@ -77,6 +76,7 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         self.model_input_size = tuple(int(s) for s in input_size)
+        self.backbone_name = backbone
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -106,10 +106,6 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         self.lr_gamma = lr_gamma
         self.gradient_clip_val = gradient_clip_val
         self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
-
-    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to the model's input size and normalise with ImageNet statistics (no augmentation, as released)."""
-        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (256, 256)))
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruct the teacher maps from the jittered neck output; Σ MSE over the three scales."""

@@ -8,14 +8,13 @@ from typing import Any
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn, optim
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
-from anomalib_multiclass.models.components.training import FeatureCacheMixin, imagenet_pre_processor
+from anomalib_multiclass.models.components.training import FeatureCacheMixin
 from anomalib_multiclass.models.rlr.loss import RLRLoss
 from anomalib_multiclass.models.rlr.torch_model import RLRModel
 
@@ -65,6 +64,7 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         self.model_input_size = tuple(int(s) for s in input_size)
+        self.backbone_name = backbone
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -91,10 +91,6 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         self.loss = RLRLoss()
         self.lr = lr
         self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
-
-    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to the model's input size and normalise with ImageNet statistics (no augmentation)."""
-        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (256, 256)))
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruct every level from its perturbed tokens; one summed loss, one optimiser step."""

@@ -8,7 +8,6 @@ from typing import Any
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
@@ -18,7 +17,6 @@ from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCac
 from anomalib_multiclass.models.components.training import (
     FeatureCacheMixin,
     adamw_with_step_decay,
-    imagenet_pre_processor,
 )
 from anomalib_multiclass.models.uniad.loss import UniADLoss
 from anomalib_multiclass.models.uniad.torch_model import UniADModel
@@ -80,6 +78,7 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         self.model_input_size = tuple(int(s) for s in input_size)
+        self.backbone_name = backbone
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -112,10 +111,6 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         self.lr_gamma = lr_gamma
         self.gradient_clip_val = gradient_clip_val
         self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
-
-    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to the model's input size and normalise with ImageNet statistics (UniAD, no augmentation)."""
-        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (224, 224)))
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruct the (jittered) frozen features; MSE to the clean ones."""
