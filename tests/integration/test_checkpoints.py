@@ -87,3 +87,28 @@ def test_cli_test_with_another_category_order_is_refused(checkpoint, synthetic_r
     # the fix the message gives works
     index = args.index("--ckpt_path")
     AnomalibCLI([*args[:index], "--data.category_names", "[brick, coffee, grass]", *args[index:]])
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict", pytest.param("export", marks=pytest.mark.slow)])
+def test_readme_ckpt_path_forms_take_the_model_arguments_from_the_checkpoint(
+    subcommand, checkpoint, synthetic_root, tmp_path, caplog
+):
+    # issue 16, case 5: `anomalib test --model UniAD --ckpt_path CK` built UniAD with its default sizes and failed
+    # on a checkpoint of any other size. (`pre_trained false`: this machine has no b4 weights to download; the
+    # checkpoint holds the backbone anyway.)
+    from anomalib.cli import AnomalibCLI
+
+    model = ["--model", "UniAD", "--model.pre_trained", "false"]
+    if subcommand == "test":
+        data = ["--data", "MultiClassFolder", "--data.root", str(synthetic_root), "--data.num_workers", "0"]
+    elif subcommand == "predict":
+        data = ["--data", str(synthetic_root / "brick" / "test" / "good")]
+    else:
+        data = ["--export_type", "onnx", "--export_root", str(tmp_path), "--input_size", "[64,64]"]
+    root = [] if subcommand == "export" else ["--default_root_dir", str(tmp_path)]
+    AnomalibCLI([subcommand, *model, *data, "--ckpt_path", str(checkpoint), *root])
+    if subcommand == "test":
+        assert "rebuilding the network with the checkpoint's arguments" in caplog.text
+        assert "hidden_dim=32" in caplog.text
+    produced = {"test": "per_category_metrics.csv", "predict": "*.png", "export": "model.onnx"}[subcommand]
+    assert list(tmp_path.rglob(produced))

@@ -17,6 +17,7 @@ The mixin
 
 from __future__ import annotations
 
+import logging
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from anomalib.pre_processing import PreProcessor
     from anomalib.visualization import Visualizer
     from torchvision.transforms.v2 import Transform
+
+logger = logging.getLogger(__name__)
 
 CATEGORY_NAMES_KEY = "anomalib_multiclass_category_names"
 ONNX_OPSET_VERSION = 18
@@ -239,6 +242,7 @@ class MultiClassMixin:
         Lightning runs ``setup`` (which takes the datamodule's order into a fresh model) before it restores a
         ``ckpt_path``, so the datamodule is checked here again, against the checkpoint's map.
         """
+        self._adopt_checkpoint_arguments(checkpoint.get("hyper_parameters") or {})
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
         names = checkpoint.get(CATEGORY_NAMES_KEY)
         if names is not None:
@@ -251,6 +255,51 @@ class MultiClassMixin:
         resize = getattr(getattr(self, "post_processor", None), "set_num_classes", None)
         if saved is not None and resize is not None:
             resize(int(saved.shape[0]))
+
+    def _adopt_checkpoint_arguments(self, saved: dict[str, Any]) -> None:
+        """Rebuild the network with the checkpoint's constructor arguments where the given model differs.
+
+        ``anomalib test --model UniAD --ckpt_path ...`` builds the model from the command line's (default)
+        arguments before Lightning restores the checkpoint: its weights would not fit any other size. The
+        checkpoint's hyper-parameters say how it was built; the network (every sub-module but anomalib's
+        components) and the attributes named after arguments are taken from a model built with them.
+        """
+        import inspect
+
+        accepted = set(inspect.signature(type(self).__init__).parameters) - set(_COMPONENTS) - _NO_WEIGHT_EFFECT
+        current = dict(getattr(self, "hparams", {}))
+        arguments = {key: value for key, value in saved.items() if key in accepted}
+        differing = {key: value for key, value in arguments.items() if _plain(current.get(key)) != _plain(value)}
+        if not differing:
+            return
+        logger.warning(
+            "%s: the checkpoint was built with %s (this model: %s); rebuilding the network with the checkpoint's "
+            "arguments.",
+            type(self).__name__,
+            ", ".join(f"{key}={value!r}" for key, value in differing.items()),
+            ", ".join(f"{key}={current.get(key)!r}" for key in differing),
+        )
+        disabled = dict.fromkeys(_COMPONENTS, False)
+        fresh = type(self)(**{**arguments, **disabled, "pre_trained": False, "backbone_weights": None})
+        taken = {name for name, _ in fresh.named_children()} - set(_COMPONENTS)
+        taken |= {name for name in (*arguments, *_DERIVED_ATTRIBUTES) if name in vars(fresh)}
+        for name in sorted(taken):
+            setattr(self, name, getattr(fresh, name))
+        self.hparams.update(arguments)  # type: ignore[attr-defined]
+
+
+_COMPONENTS = ("pre_processor", "post_processor", "evaluator", "visualizer")
+_NO_WEIGHT_EFFECT = {"self", "pre_trained", "backbone_weights"}  # the checkpoint holds the backbone weights
+_DERIVED_ATTRIBUTES = ("model_input_size", "backbone_name", "_model_kwargs")
+
+
+def _plain(value: Any) -> Any:
+    """A hyper-parameter in comparable form (tuples as lists, paths as strings)."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return str(value) if isinstance(value, Path) else value
 
 
 def check_category_names(trained: list[str], given: list[str]) -> None:
