@@ -112,3 +112,25 @@ def test_readme_ckpt_path_forms_take_the_model_arguments_from_the_checkpoint(
         assert "hidden_dim=32" in caplog.text
     produced = {"test": "per_category_metrics.csv", "predict": "*.png", "export": "model.onnx"}[subcommand]
     assert list(tmp_path.rglob(produced))
+
+
+@pytest.mark.parametrize("name", ["UniAD", "MintAD", "RLR", "OmniAD", "LGC"])
+def test_every_model_takes_its_network_from_the_checkpoint(name, tmp_path):
+    # what `anomalib test --model <name> --ckpt_path` does: a default-built model receives a small checkpoint
+    from lightning.pytorch import Trainer
+
+    from tests.integration.test_export import MODELS
+
+    cls, kwargs = MODELS[name]
+    trained = cls(**kwargs, **({"num_classes": 3} if name == "MintAD" else {}))
+    trainer = Trainer(logger=False, enable_checkpointing=False, accelerator="cpu")
+    trainer.strategy.connect(trained)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=False)
+
+    model = cls(pre_trained=False)
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])  # strict: every tensor fits
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().model(images).anomaly_map, trained.eval().model(images).anomaly_map)

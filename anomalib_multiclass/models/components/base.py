@@ -281,7 +281,7 @@ class MultiClassMixin:
         )
         disabled = dict.fromkeys(_COMPONENTS, False)
         fresh = type(self)(**{**arguments, **disabled, "pre_trained": False, "backbone_weights": None})
-        taken = {name for name, _ in fresh.named_children()} - set(_COMPONENTS)
+        taken = set(fresh._modules) - set(_COMPONENTS)  # sub-modules, including unbuilt (None) ones
         taken |= {name for name in (*arguments, *_DERIVED_ATTRIBUTES) if name in vars(fresh)}
         for name in sorted(taken):
             setattr(self, name, getattr(fresh, name))
@@ -290,7 +290,7 @@ class MultiClassMixin:
 
 _COMPONENTS = ("pre_processor", "post_processor", "evaluator", "visualizer")
 _NO_WEIGHT_EFFECT = {"self", "pre_trained", "backbone_weights"}  # the checkpoint holds the backbone weights
-_DERIVED_ATTRIBUTES = ("model_input_size", "backbone_name", "_model_kwargs")
+_DERIVED_ATTRIBUTES = ("model", "model_input_size", "backbone_name", "_model_kwargs")  # "model": MINT-AD builds it late
 
 
 def _plain(value: Any) -> Any:
