@@ -16,6 +16,7 @@ from anomalib_multiclass.data import (
     MultiClassFolder,
     MultiClassImageBatch,
     MultiClassMVTecAD,
+    MultiClassRealIAD,
     MultiClassVisA,
     UnknownCategoryError,
     check_category_names,
@@ -288,6 +289,8 @@ def test_run_folder_stays_short_for_long_category_lists(synthetic_root):
     assert run_folder_name(["brick", "coffee"]) == "brick+coffee", "short plain lists stay readable"
     assert "/" not in run_folder_name(["mvtecad/bottle", "visa/candle"])
     assert MultiClassFolder(root=synthetic_root, categories=["grass", "brick"]).category == "grass+brick"
+    realiad = MultiClassRealIAD(root=synthetic_root, categories=names)
+    assert realiad.category == folder, "the run folder anomalib makes from datamodule.category"
 
 
 def test_non_ascii_category_names_work(synthetic_root, tmp_path):
