@@ -109,6 +109,16 @@ def test_openvino_parity_and_inferencer(trained_module, images, reference, tmp_p
     else:
         assert ours.pred_class is None
 
+    # the metadata is what our inferencer checks a category against: without it, a clear error
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for suffix in (".xml", ".bin"):
+        (bare / path.with_suffix(suffix).name).write_bytes(path.with_suffix(suffix).read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"multiclass_metadata\.json"):
+        MultiClassOpenVINOInferencer(path=bare / path.name, device="CPU", category="brick")
+    with pytest.raises(ValueError, match=r"'bottle' was not seen in training"):
+        MultiClassOpenVINOInferencer(path=path, device="CPU", category="bottle")
+
 
 def test_engine_predict_on_a_plain_folder_keeps_every_output(trained_module, images, tmp_path):
     # issue 16, case 3: anomalib's PredictDataset gives plain ImageBatches whose update() dropped pred_class, so
