@@ -10,7 +10,6 @@ import torch
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
@@ -30,7 +29,6 @@ from torchvision.transforms.v2 import (
 )
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
-from anomalib_multiclass.models.components.training import imagenet_pre_processor
 from anomalib_multiclass.models.lgc.loss import LGCLoss
 from anomalib_multiclass.models.lgc.torch_model import CODE_NOISE_PROB, LGCModel, kmeans
 
@@ -99,7 +97,8 @@ class LGC(MultiClassMixin, AnomalibModule):
         lr: Adam learning rate of the bottleneck and the decoder (5e-3).
         betas: Adam betas (official code: 0.5, 0.999).
         gradient_clip_val: Maximum gradient norm, passed to the trainer (5.0).
-        pre_processor: true: resize to ``input_size`` and ImageNet normalisation; false: none; or a PreProcessor.
+        pre_processor: true: resize to ``input_size`` and normalise with the mean/std of the backbone's weights
+            (timm's config); false: none; or a PreProcessor.
         post_processor: true: per-category thresholds and normalisation learnt on validation; false: none; or a module.
         evaluator: true: per-category test metrics (image/pixel AUROC, AP, F1-max, AUPRO); false: none; or an Evaluator.
         visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
@@ -131,6 +130,7 @@ class LGC(MultiClassMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         self.model_input_size = tuple(int(s) for s in input_size)
+        self.backbone_name = backbone
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -161,10 +161,6 @@ class LGC(MultiClassMixin, AnomalibModule):
         self.betas = tuple(float(b) for b in betas)
         self.gradient_clip_val = gradient_clip_val
         self._pseudo_label_of: dict[str, int] | None = None
-
-    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to the input size and normalise with ImageNet statistics (the code's clean view)."""
-        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (256, 256)))
 
     @property
     def train_view_transform(self) -> Transform | None:

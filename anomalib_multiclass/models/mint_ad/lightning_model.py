@@ -9,7 +9,6 @@ import torch
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
@@ -19,7 +18,6 @@ from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCac
 from anomalib_multiclass.models.components.training import (
     FeatureCacheMixin,
     adamw_with_step_decay,
-    imagenet_pre_processor,
 )
 from anomalib_multiclass.models.mint_ad.loss import MintADLoss
 from anomalib_multiclass.models.mint_ad.torch_model import MintADModel
@@ -63,7 +61,8 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         cache_features: Keep each training image's frozen features after the first epoch and skip the backbone
             later (same training, much faster; turned off when the datamodule sets training augmentations).
         feature_cache_max_bytes: Memory bound of the feature cache, in bytes of CPU memory (8 GiB).
-        pre_processor: true: resize to ``input_size`` and ImageNet normalisation; false: none; or a PreProcessor.
+        pre_processor: true: resize to ``input_size`` and normalise with the mean/std of the backbone's weights
+            (timm's config); false: none; or a PreProcessor.
         post_processor: true: per-category thresholds and normalisation learnt on validation; false: none; or a module.
         evaluator: true: per-category test metrics (image/pixel AUROC, AP, F1-max, AUPRO); false: none; or an Evaluator.
         visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
@@ -104,6 +103,7 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         self.model_input_size = tuple(int(s) for s in input_size)
+        self.backbone_name = backbone
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -154,10 +154,6 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         super().on_load_checkpoint(checkpoint)
         head = checkpoint.get("state_dict", {}).get("model.prompt_mapper.head.weight")
         self._build(len(self.category_names) if self.category_names else head.shape[0] if head is not None else 1)
-
-    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize and ImageNet normalisation, no augmentation (as UniAD)."""
-        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (224, 224)))
 
     def _classes(self, batch: Batch) -> torch.Tensor | None:
         classes = getattr(batch, "class_index", None)

@@ -8,14 +8,13 @@ from typing import Any
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn, optim
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
-from anomalib_multiclass.models.components.training import FeatureCacheMixin, imagenet_pre_processor
+from anomalib_multiclass.models.components.training import FeatureCacheMixin
 from anomalib_multiclass.models.rlr.loss import RLRLoss
 from anomalib_multiclass.models.rlr.torch_model import RLRModel
 
@@ -47,7 +46,8 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         cache_features: Keep each training image's pooled frozen features after the first epoch and skip the
             backbone later (same training, much faster; turned off when the datamodule sets training augmentations).
         feature_cache_max_bytes: Memory bound of the feature cache, in bytes of CPU memory (8 GiB).
-        pre_processor: true: resize to ``input_size`` and ImageNet normalisation; false: none; or a PreProcessor.
+        pre_processor: true: resize to ``input_size`` and normalise with the mean/std of the backbone's weights
+            (timm's config); false: none; or a PreProcessor.
         post_processor: true: per-category thresholds and normalisation learnt on validation; false: none; or a module.
         evaluator: true: per-category test metrics (image/pixel AUROC, AP, F1-max, AUPRO); false: none; or an Evaluator.
         visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
@@ -78,6 +78,7 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         self.model_input_size = tuple(int(s) for s in input_size)
+        self.backbone_name = backbone
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -103,10 +104,6 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         self.loss = RLRLoss()
         self.lr = lr
         self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
-
-    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to the model's input size and normalise with ImageNet statistics (no augmentation)."""
-        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (256, 256)))
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruct every level from its perturbed tokens; one summed loss, one optimiser step."""
