@@ -59,6 +59,9 @@ def _after_import(name: str) -> None:
         allowed = getattr(sys.modules[name], "ALLOWED_MODULES", None)
         if isinstance(allowed, set):
             allowed.add("anomalib_multiclass.models")
+        from anomalib_multiclass.evaluation.default import install_per_category_default
+
+        install_per_category_default(sys.modules[name].AnomalibModule)
     try:
         importlib.import_module(_COMPANIONS[name])
     except Exception as error:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from anomalib.metrics import Evaluator
     from anomalib.pre_processing import PreProcessor
     from anomalib.visualization import Visualizer
+    from lightning.pytorch import Callback
     from torchvision.transforms.v2 import Transform
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,14 @@ class MultiClassMixin:
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         names = getattr(datamodule, "category_names", None)
         return list(names) if names is not None else None
+
+    def configure_callbacks(self) -> list[Callback]:
+        """Anomalib's component callbacks, plus one plain line per epoch where no progress bar is seen."""
+        from anomalib_multiclass.models.components.progress import epoch_progress_callbacks
+
+        callbacks = list(super().configure_callbacks())  # type: ignore[misc]
+        callbacks += epoch_progress_callbacks(getattr(self, "_trainer", None))
+        return callbacks
 
     def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
         """Resize to the model's input size, normalise as its backbone's pretrained weights expect.

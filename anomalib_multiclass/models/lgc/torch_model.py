@@ -78,11 +78,12 @@ class LGCModel(nn.Module):
             (``resnet18/34/50/101/152``, ``resnext50_32x4d``, ``resnext101_32x8d``, ``wide_resnet50_2/101_2``).
         layers: Encoder stages (RD: ``layer1..layer3``).
         pre_trained: ImageNet weights for the encoder (timm).
-        backbone_weights: Local file with the backbone's weights (timm format), loaded instead of the download.
+        backbone_weights: Local timm weights file of the backbone, used instead of the download.
         input_size: Image size (H, W); a multiple of 32 (the bottleneck halves the deepest map once more).
         sigma: Gaussian smoothing of the anomaly map (RD: 4; kernel 2·int(4σ + 0.5) + 1 = 33).
         feature_noise: Training-only noise on the projected clean-view features (official code, not in the
-            paper); ``feature_noise_prob`` is its per-batch probability (code: P(N(0,1) > 0.5) ≈ 0.31).
+            paper): N(0, 1) on a random half of the positions.
+        feature_noise_prob: Probability that a training batch gets the noise (code: P(N(0,1) > 0.5) ≈ 0.31).
     """
 
     def __init__(

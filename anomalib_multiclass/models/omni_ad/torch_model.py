@@ -448,7 +448,7 @@ class OmniADModel(nn.Module):
         backbone: timm teacher (``resnet34.bt_in1k``); any CNN whose three ``layers`` have strides s, 2s, 4s.
         layers: The three teacher stages (ResNet: ``layer1``-``layer3``; EfficientNet: out-indices 1, 2, 3).
         pre_trained: ImageNet weights for the teacher.
-        backbone_weights: Local file with the backbone's weights (timm format), loaded instead of the download.
+        backbone_weights: Local timm weights file of the backbone, used instead of the download.
         input_size: Image size the model runs at (a multiple of 8 x the first stage's stride: 32 for ResNets).
         dims: Decoder widths; ``None`` derives them from the teacher widths (C1, C2, C3) as (2 C3, C3, C2, C1)
             (ResNet-34: 512, 256, 128, 64). The last three must equal C3, C2, C1 (they reconstruct e3, e2, e1);

@@ -28,14 +28,30 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
     summed over levels, Adam lr 1e-4, no schedule; set ``max_epochs: 200`` and batch 4 (the official command).
 
     Args:
-        backbone, layers, pre_trained, input_size, hidden_dims, windows, num_blocks, num_heads, lca_weight,
-            pool_size, jitter_scale, jitter_prob, blur_sigma, dense_attention: see :class:`RLRModel`.
-        lr: Adam learning rate.
-        cache_features: Train from cached pooled features after the first epoch when the training data is
-            not randomly augmented (exactly equivalent: the perturbation is drawn after the cache).
-        feature_cache_max_bytes: Memory bound of the cache (CPU memory).
-        backbone_weights: Local file with the backbone's weights (timm format) instead of the download (offline use).
-        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = defaults).
+        backbone: timm name of the frozen backbone (paper: EfficientNet-B6, ``tf_efficientnet_b6.aa_in1k``).
+        layers: timm out-indices of the feature levels, each reconstructed by its own network (stages 1-3: 1, 2, 3).
+        pre_trained: Load the backbone's ImageNet weights through timm (downloaded once, then cached).
+        backbone_weights: Local timm weights file of the backbone, used instead of the download (offline use).
+        input_size: Image size (height, width) in pixels; a multiple of the deepest level's stride (16).
+        hidden_dims: Width of each level's reconstruction network, one per level (128, 256, 512).
+        windows: Side k of each level's local attention window, odd, one per level (11, 7, 5).
+        num_blocks: Reconstruction blocks K per level, sharing the level's learnt reference (4).
+        num_heads: Attention heads in every block (8).
+        lca_weight: Weight alpha of the local cross attention against the masked learnable-key attention (2).
+        pool_size: Side of the average pooling of every level's features, input and target alike (3).
+        jitter_scale: Training-only perturbation of the tokens, std alpha x token norm / channels (4); 0 is off.
+        jitter_prob: Probability that a training batch is perturbed (1.0).
+        blur_sigma: Sigma in pixels of the Gaussian blur of the anomaly map before the image score's maximum (4).
+        dense_attention: Compute attention in the textbook N x N form (same result, more memory; for comparisons).
+        lr: Adam learning rate (1e-4; no weight decay, no schedule).
+        cache_features: Keep each training image's pooled frozen features after the first epoch and skip the
+            backbone later (same training, much faster; turned off when the datamodule sets training augmentations).
+        feature_cache_max_bytes: Memory bound of the feature cache, in bytes of CPU memory (8 GiB).
+        pre_processor: true: resize to ``input_size`` and normalise with the mean/std of the backbone's weights
+            (timm's config); false: none; or a PreProcessor.
+        post_processor: true: per-category thresholds and normalisation learnt on validation; false: none; or a module.
+        evaluator: true: per-category test metrics (image/pixel AUROC, AP, F1-max, AUPRO); false: none; or an Evaluator.
+        visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
     """
 
     def __init__(

@@ -153,7 +153,7 @@ class RLRModel(nn.Module):
         backbone: timm backbone (frozen); the paper's EfficientNet-B6 with the AutoAugment weights.
         layers: timm out-indices of the levels (paper: stages 1-3 = ``(1, 2, 3)``).
         pre_trained: ImageNet weights for the backbone.
-        backbone_weights: Local file with the backbone's weights (timm format), loaded instead of the download.
+        backbone_weights: Local timm weights file of the backbone, used instead of the download.
         input_size: Image size; fixes every level's map size (a multiple of the deepest stride).
         hidden_dims: Width of each level's network (128/256/512).
         windows: Local window of each level (11/7/5 for the 64/32/16 maps, as the official code).
