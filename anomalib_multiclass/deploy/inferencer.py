@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 from anomalib.data import InferenceBatch, NumpyImageBatch
-from anomalib.deploy import OpenVINOInferencer
+from anomalib.deploy import OpenVINOInferencer, TorchInferencer
+
+from anomalib_multiclass.data.dataclasses import MultiClassImageBatch
 
 METADATA_FILE = "multiclass_metadata.json"
 
@@ -164,3 +166,24 @@ def _denormalize(values: np.ndarray, glob: dict[str, float], kind: str) -> np.nd
     if any(v is None or np.isnan(v) for v in (low, high, threshold)):
         return values
     return (values - 0.5) * (high - low) + threshold
+
+
+class MultiClassTorchInferencer(TorchInferencer):
+    """anomalib's ``TorchInferencer`` that keeps ``pred_class`` (MINT-AD) in a :class:`MultiClassImageBatch`.
+
+    The stock one builds an ``ImageBatch`` from every output and works for the models without a classifier.
+    """
+
+    def predict(self, image: Any) -> MultiClassImageBatch:
+        """Run the exported torch model on one image (path, array or tensor)."""
+        from anomalib.data.utils import read_image
+        from PIL.Image import Image as PILImage
+        from torchvision.transforms.v2.functional import to_dtype, to_image
+
+        if isinstance(image, (str, Path)):
+            image = read_image(image, as_tensor=True)
+        elif isinstance(image, (np.ndarray, PILImage)):
+            image = to_dtype(to_image(image), torch.float32, scale=True)
+        image = self.pre_process(image)
+        predictions = self.model(image)
+        return MultiClassImageBatch(image=image, **predictions._asdict())
