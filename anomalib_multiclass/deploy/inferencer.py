@@ -10,7 +10,6 @@ and, for a model without a classifier, applies a given category's threshold.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -22,17 +21,10 @@ import torch
 from anomalib.data import InferenceBatch, NumpyImageBatch
 from anomalib.deploy import OpenVINOInferencer, TorchInferencer
 
+from anomalib_multiclass.category_map import METADATA_FILE, read_metadata
 from anomalib_multiclass.data.dataclasses import MultiClassImageBatch
 
-METADATA_FILE = "multiclass_metadata.json"
-
 logger = logging.getLogger(__name__)
-
-
-def read_metadata(model_path: str | Path) -> dict[str, Any]:
-    """The metadata written at export, from the folder of ``model_path`` (empty if there is none)."""
-    path = Path(model_path).parent / METADATA_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def hide_extra_outputs(model_path: str | Path) -> list[str]:

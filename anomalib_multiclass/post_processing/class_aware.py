@@ -33,7 +33,7 @@ from anomalib.metrics import F1AdaptiveThreshold
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
 
-from anomalib_multiclass.models.components.base import MultiClassInferenceBatch
+from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
 from anomalib_multiclass.utils.distributed import broadcast, gather_records
 
 logger = logging.getLogger(__name__)

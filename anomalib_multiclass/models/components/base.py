@@ -20,11 +20,20 @@ from __future__ import annotations
 import logging
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 from anomalib import LearningType
 from torch import nn
+
+from anomalib_multiclass.category_map import (
+    CATEGORY_NAMES_KEY,
+    CategoryMismatchError,
+    check_batch_categories,
+    check_category_names,
+    write_metadata,
+)
+from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
 
 if TYPE_CHECKING:
     from anomalib.data import Batch
@@ -36,26 +45,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CATEGORY_NAMES_KEY = "anomalib_multiclass_category_names"
 ONNX_OPSET_VERSION = 18
-
-
-class MultiClassInferenceBatch(NamedTuple):
-    """``anomalib``'s ``InferenceBatch`` plus the predicted category index (models that predict it).
-
-    Field order matches ``InferenceBatch`` so positional use stays compatible; ``pred_class`` is
-    ``None`` for models without a classifier and then is not an export output.
-    """
-
-    pred_score: torch.Tensor | None = None
-    pred_label: torch.Tensor | None = None
-    anomaly_map: torch.Tensor | None = None
-    pred_mask: torch.Tensor | None = None
-    pred_class: torch.Tensor | None = None
-
-
-class CategoryMismatchError(ValueError):
-    """The data's categories differ from the ones the model was trained on."""
 
 
 class MultiClassMixin:
@@ -180,13 +170,7 @@ class MultiClassMixin:
         }
 
     def _write_export_metadata(self, model_path: Path, **extra: Any) -> Path:
-        import json
-
-        from anomalib_multiclass.deploy import METADATA_FILE
-
-        path = Path(model_path).parent / METADATA_FILE
-        path.write_text(json.dumps({**self.export_metadata(), **extra}, indent=2))
-        return path
+        return write_metadata(model_path, {**self.export_metadata(), **extra})
 
     def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
         """Anomalib's ONNX export at opset 18, plus ``multiclass_metadata.json`` next to the model.
@@ -311,48 +295,6 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
-def check_category_names(trained: list[str], given: list[str]) -> None:
-    """Raise a clear error unless ``given`` uses the trained categories with the same indices.
-
-    A subset of the trained categories, in the trained order, is accepted as long as the datamodule
-    maps each name to the trained index; anything else is a mismatch.
-    """
-    if given == trained:
-        return
-    unknown = [name for name in given if name not in trained]
-    if unknown:
-        msg = (
-            f"Categories {unknown} were not seen in training. The model was trained on {trained}. "
-            "Test on those categories, or retrain with them."
-        )
-        raise CategoryMismatchError(msg)
-    msg = (
-        f"The datamodule numbers its categories {given}, the model was trained with {trained}. "
-        f"Pass the trained order to the datamodule so class indices keep their meaning: "
-        f'`category_names={trained}` (command line: `--data.category_names "[{", ".join(trained)}]"`); '
-        "`categories` may then be any subset of them."
-    )
-    raise CategoryMismatchError(msg)
-
-
-def check_batch_categories(trained: list[str] | None, batch: Any) -> None:
-    """Raise unless every ``(category, class_index)`` pair of ``batch`` has the trained meaning."""
-    categories, classes = getattr(batch, "category", None), getattr(batch, "class_index", None)
-    if trained is None or categories is None or not isinstance(classes, torch.Tensor):
-        return
-    for category, index in dict.fromkeys(zip(categories, classes.reshape(-1).tolist(), strict=True)):
-        if 0 <= index < len(trained) and trained[index] == category:
-            continue
-        if category not in trained:
-            check_category_names(trained, [category])  # raises: not seen in training
-        msg = (
-            f"The data gives category {category!r} the class index {index}; the model was trained with it as "
-            f"{trained.index(category)} (order {trained}). Build the dataset or datamodule with "
-            f"`category_names={trained}`."
-        )
-        raise CategoryMismatchError(msg)
-
-
 def as_multiclass_batch(batch: Batch) -> Batch:
     """``batch`` as a :class:`MultiClassImageBatch` (which keeps ``pred_class``) if it is a plain ``ImageBatch``."""
     from anomalib.data import ImageBatch
@@ -362,3 +304,14 @@ def as_multiclass_batch(batch: Batch) -> Batch:
     if isinstance(batch, MultiClassImageBatch) or type(batch) is not ImageBatch:
         return batch
     return MultiClassImageBatch(**{f.name: getattr(batch, f.name) for f in fields(batch) if f.init})
+
+
+__all__ = [
+    "CATEGORY_NAMES_KEY",
+    "CategoryMismatchError",
+    "MultiClassInferenceBatch",
+    "MultiClassMixin",
+    "as_multiclass_batch",
+    "check_batch_categories",
+    "check_category_names",
+]

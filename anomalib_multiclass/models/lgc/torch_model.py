@@ -18,7 +18,7 @@ from anomalib.models.components.backbone import get_decoder
 from anomalib.models.image.reverse_distillation.components import get_bottleneck_layer
 from torch import nn
 
-from anomalib_multiclass.models.components.base import MultiClassInferenceBatch
+from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
 from anomalib_multiclass.models.components.feature_extractor import timm_feature_extractor
 
 # P(N(0, 1) > 0.5): the official code adds feature noise when one standard-normal draw exceeds 0.5.
