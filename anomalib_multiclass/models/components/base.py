@@ -52,6 +52,8 @@ class MultiClassMixin:
     """Multi-class behaviour for an ``AnomalibModule`` (put it first in the bases)."""
 
     category_names: list[str] | None = None
+    model_input_size: tuple[int, int]  # set by each model before anomalib's __init__ builds the pre-processor
+    backbone_name: str
 
     @property
     def train_view_transform(self) -> Transform | None:
@@ -129,6 +131,12 @@ class MultiClassMixin:
         callbacks += epoch_progress_callbacks(getattr(self, "_trainer", None))
         return callbacks
 
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No sanity validation (thresholds are learnt on the real pass); the model's gradient clipping, if any."""
+        clip = getattr(self, "gradient_clip_val", None)
+        return {"num_sanity_val_steps": 0, **({"gradient_clip_val": clip} if clip else {})}
+
     def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
         """Resize to the model's input size, normalise as its backbone's pretrained weights expect.
 
@@ -138,7 +146,7 @@ class MultiClassMixin:
         """
         from anomalib_multiclass.models.components.training import backbone_pre_processor
 
-        size = image_size or getattr(self, "model_input_size", None) or (256, 256)
+        size = image_size or self.model_input_size
         return backbone_pre_processor(getattr(self, "backbone_name", ""), size)
 
     @staticmethod
@@ -211,7 +219,28 @@ class MultiClassMixin:
             else:
                 check_category_names(self.category_names, names)
         self._sync_post_processor()
+        self._check_pre_processor_size()
         super().setup(stage)  # type: ignore[misc]
+
+    def _check_pre_processor_size(self) -> None:
+        """A pre-processor that resizes to another size than the network was built for is refused, clearly."""
+        from torchvision.transforms.v2 import Compose, Resize
+
+        def leaves(transform: Any) -> list[Any]:
+            if isinstance(transform, Compose):
+                return [leaf for child in transform.transforms for leaf in leaves(child)]
+            return [transform]
+
+        transform = getattr(getattr(self, "pre_processor", None), "transform", None)
+        sizes = [tuple(t.size) for t in leaves(transform) if isinstance(t, Resize) and t.size is not None]
+        if sizes and len(sizes[-1]) == 2 and sizes[-1] != tuple(self.model_input_size):
+            msg = (
+                f"{type(self).__name__} was built for {tuple(self.model_input_size)} images (its token grid, masks and "
+                f"positional embeddings), but its pre-processor resizes to {sizes[-1]}. Build the model with "
+                f'input_size={list(sizes[-1])} (command line: --model.input_size "{list(sizes[-1])}"), or resize to '
+                f"{list(self.model_input_size)} in the pre-processor."
+            )
+            raise ValueError(msg)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:

@@ -214,8 +214,3 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         return adamw_with_step_decay(
             self.model.parameters(), self.lr, self.weight_decay, self.lr_step_epochs, self.lr_gamma
         )
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """Gradient clipping as UniAD; no sanity validation."""
-        return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}
