@@ -21,6 +21,7 @@ from anomalib_multiclass.models.components.training import (
 )
 from anomalib_multiclass.models.mint_ad.loss import MintADLoss
 from anomalib_multiclass.models.mint_ad.torch_model import MintADModel
+from anomalib_multiclass.utils.console import show
 
 
 class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
@@ -207,7 +208,7 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         mean = sum(accuracies.values()) / len(accuracies)
         self.log("class_accuracy/mean", mean)
         rows = "\n".join(f"  {category:<24} {accuracy:.4f}" for category, accuracy in accuracies.items())
-        print(f"\nMINT-AD class prediction accuracy per category:\n{rows}\n  {'mean':<24} {mean:.4f}\n")
+        show(f"\nMINT-AD class prediction accuracy per category:\n{rows}\n  {'mean':<24} {mean:.4f}\n")
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW lr 1e-4, weight decay 1e-4, × 0.1 at epoch 800 of 1000 (the paper)."""
