@@ -171,10 +171,13 @@ class MultiClassMixin:
 
     def export_metadata(self) -> dict[str, Any]:
         """What travels with an exported model: category names and per-category thresholds."""
-        table = getattr(getattr(self, "post_processor", None), "per_class_thresholds", None)
+        post_processor = getattr(self, "post_processor", None)
+        table = getattr(post_processor, "per_class_thresholds", None)
+        config = getattr(post_processor, "checkpoint_config", None)
         return {
             "category_names": self.category_names,
             "thresholds": table(self.category_names) if table is not None else {},
+            "post_processor": config() if config is not None else {},
         }
 
     def _write_export_metadata(self, model_path: Path, **extra: Any) -> Path:
