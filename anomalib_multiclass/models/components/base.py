@@ -275,11 +275,6 @@ class MultiClassMixin:
             given = self._datamodule_category_names()
             if given is not None:
                 check_category_names(self.category_names, given)
-        # size the per-class tables as saved, before the state dict is loaded
-        saved = checkpoint.get("state_dict", {}).get("post_processor.class_image_threshold")
-        resize = getattr(getattr(self, "post_processor", None), "set_num_classes", None)
-        if saved is not None and resize is not None:
-            resize(int(saved.shape[0]))
 
     def _adopt_checkpoint_arguments(self, saved: dict[str, Any]) -> None:
         """Rebuild the network with the checkpoint's constructor arguments where the given model differs.

@@ -151,13 +151,16 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
     def setup(self, stage: str) -> None:
         """Size the classifier from the categories (one class when the data has no category map)."""
         super().setup(stage)
+        self._build_for_categories()
+
+    def _build_for_categories(self) -> None:
+        """One class per category the model knows; else as built (``num_classes``); else one."""
         self._build(self.num_classes or (self.model.num_classes if self.model is not None else 1))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Build the network for the checkpoint's categories before its weights are loaded."""
+        """Build the network for the checkpoint's categories (saved with it) before its weights are loaded."""
         super().on_load_checkpoint(checkpoint)
-        head = checkpoint.get("state_dict", {}).get("model.prompt_mapper.head.weight")
-        self._build(len(self.category_names) if self.category_names else head.shape[0] if head is not None else 1)
+        self._build_for_categories()
 
     def _classes(self, batch: Batch) -> torch.Tensor | None:
         classes = getattr(batch, "class_index", None)
