@@ -162,7 +162,7 @@ class PerCategoryEvaluator(Evaluator):
         means = broadcast(means)
         for name, value in (means or {}).items():
             if not math.isnan(value):
-                pl_module.log(name, value, sync_dist=False)
+                pl_module.log(name, value, sync_dist=True)  # the same value on every rank: the mean is that value
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start from empty accumulators."""
@@ -198,10 +198,14 @@ class PerCategoryEvaluator(Evaluator):
         for row, values in results.items():
             for name in names:
                 if not math.isnan(values[name]):
-                    pl_module.log(f"{name}/{row}", values[name], sync_dist=False)
+                    pl_module.log(
+                        f"{name}/{row}", values[name], sync_dist=True
+                    )  # the same value on every rank: the mean is that value
         for name in names:  # plain anomalib names = the mean over categories (the papers' number)
             if not math.isnan(results["mean"][name]):
-                pl_module.log(name, results["mean"][name], sync_dist=False)
+                pl_module.log(
+                    name, results["mean"][name], sync_dist=True
+                )  # the same value on every rank: the mean is that value
         self._report(trainer, names)
 
     @rank_zero_only
