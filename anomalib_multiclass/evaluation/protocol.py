@@ -120,7 +120,8 @@ def undefined_reason(values: dict[str, torch.Tensor], level: str) -> str | None:
 def compute_metric(name: str, values: dict[str, torch.Tensor]) -> float:
     """One metric on raw values (rescaled into [0, 1] without changing their order); NaN if it fails."""
     cls, (prediction, target) = METRICS[name]
-    metric = cls(fields=[prediction, target], strict=False, sync_on_compute=False)  # rank 0 holds all data
+    metric = cls(fields=[prediction, target], strict=False)
+    metric.sync_on_compute = False  # rank 0 holds all data (AUPRO's constructor takes no such argument)
     metric.update(SimpleNamespace(**{prediction: _unit_range(values[prediction]), target: values[target]}))
     try:
         with torch.no_grad():

@@ -164,7 +164,8 @@ class ClassAwarePostProcessor(PostProcessor):
             if prediction not in values:
                 continue
             if self.enable_thresholding and target in values:
-                metric = F1AdaptiveThreshold(fields=[prediction, target], strict=False, sync_on_compute=False)
+                metric = F1AdaptiveThreshold(fields=[prediction, target], strict=False)
+                metric.sync_on_compute = False  # rank 0 holds all data
                 metric.update(SimpleNamespace(**{prediction: values[prediction], target: values[target]}))
                 stats[f"{level}_threshold"] = float(metric.compute())
             if self.enable_normalization:

@@ -211,3 +211,23 @@ def test_metrics_read_raw_scores_whatever_the_predicted_class():
     # with labels at hand the post-processor normalises by the true class, not the prediction
     assert torch.equal(true_decisions, wrong_decisions)
     assert not torch.equal(true_decisions, test_scores)
+
+
+def test_every_default_metric_is_computed_on_well_defined_data():
+    """Each metric the table prints (AUPRO included) is a number where the data defines it."""
+    from anomalib_multiclass.evaluation.protocol import DEFAULT_METRICS, compute_row
+
+    generator = torch.Generator().manual_seed(0)
+    masks = (torch.rand(8, 16, 16, generator=generator) > 0.8).int()
+    masks[::2] = 0
+    values = {
+        "pred_score": torch.rand(8, generator=generator),
+        "gt_label": torch.tensor([0, 1] * 4),
+        "anomaly_map": torch.rand(8, 16, 16, generator=generator) + masks,
+        "gt_mask": masks,
+    }
+    results, reasons = compute_row(values, DEFAULT_METRICS)
+    assert reasons == []
+    assert set(results) == set(DEFAULT_METRICS)
+    assert all(0.0 <= value <= 1.0 for value in results.values()), results
+    assert results["AUPRO"] > 0.5 and results["pixel_AUROC"] > 0.9
