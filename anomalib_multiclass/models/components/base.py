@@ -151,6 +151,21 @@ class MultiClassMixin:
         self._write_export_metadata(path)
         return path
 
+    def _compress_ov_model(
+        self,
+        model: Any,
+        compression_type: Any = None,
+        datamodule: Any = None,
+        metric: Any = None,
+        task: Any = None,
+        max_drop: float = 0.01,
+    ) -> Any:
+        """INT8 compression calibrated on images of every category (``anomalib_multiclass.deploy.quantize``)."""
+        del task
+        from anomalib_multiclass.deploy.quantize import compress_openvino_model
+
+        return compress_openvino_model(model, compression_type, datamodule, metric=metric, max_drop=max_drop)
+
     def _sync_post_processor(self) -> None:
         resize = getattr(getattr(self, "post_processor", None), "set_num_classes", None)
         if resize is not None and self.category_names is not None:

@@ -96,7 +96,7 @@ class LGC(MultiClassMixin, AnomalibModule):
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
-        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
+        layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
         pre_trained: bool = True,
         input_size: Sequence[int] = (256, 256),
         sigma: float = 4.0,
