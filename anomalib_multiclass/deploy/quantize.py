@@ -249,8 +249,10 @@ def quantize_acq(
     ignored_scope: Any = None,
     **nncf_kwargs: Any,
 ) -> ov.Model:
-    """INT8 quantization with accuracy control: layers return to floating point until the mean per-category
-    ``metric`` (default image AUROC) on the validation split is within ``max_drop`` of the fp32 model's.
+    """INT8 quantization with accuracy control, judged per category.
+
+    Quantized layers return to floating point until the mean over categories of ``metric`` (default: image
+    AUROC) on the validation split is within ``max_drop`` of the fp32 model's.
     """
     nncf = require_nncf()
     if not 0 <= max_drop <= 1:

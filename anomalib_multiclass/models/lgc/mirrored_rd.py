@@ -62,7 +62,7 @@ class EncoderWidths:
         self.channels = [int(c) for c in channels]
         self.reductions = [int(r) for r in reductions]
         if any(b <= a for a, b in zip(self.reductions, self.reductions[1:], strict=False)):
-            msg = f"The encoder stages must have increasing strides, got {self.reductions}: choose one stage per stride."
+            msg = f"Encoder stages must have increasing strides, got {self.reductions}: choose one stage per stride."
             raise ValueError(msg)
         for r in self.reductions:
             if r & (r - 1):
@@ -131,7 +131,8 @@ class MirroredDecoder(nn.Module):
     def __init__(self, widths: EncoderWidths, blocks: int = BLOCKS_PER_STEP) -> None:
         super().__init__()
         self.steps = nn.ModuleList()
-        self.heads = nn.ModuleDict()
+        self.heads = nn.ModuleList()  # a linear 1 x 1 convolution where a step reaches a stage used, else Identity
+        self.is_output: list[bool] = []
         c_in, stride = widths.embedding, 2 * widths.deepest
         while stride > widths.reductions[0]:
             stride //= 2
@@ -142,18 +143,18 @@ class MirroredDecoder(nn.Module):
             layers = [DecoderBasicBlock(c_in, c_out, stride=2, upsample=upsample)]
             layers += [DecoderBasicBlock(c_out, c_out) for _ in range(1, blocks)]
             self.steps.append(nn.Sequential(*layers))
-            if stride in widths.reductions:
-                self.heads[str(len(self.steps) - 1)] = nn.Conv2d(c_out, c_out, kernel_size=1, bias=True)
+            output = stride in widths.reductions
+            self.is_output.append(output)
+            self.heads.append(nn.Conv2d(c_out, c_out, kernel_size=1, bias=True) if output else nn.Identity())
             c_in = c_out
         _init(self)
 
     def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
-        """z -> the decoded maps, shallow to deep (as the encoder's)."""
+        """Embedding z -> the decoded maps, shallow to deep (as the encoder's)."""
         outputs = []
-        for index, step in enumerate(self.steps):
+        for step, head, is_output in zip(self.steps, self.heads, self.is_output, strict=True):
             z = step(z)
-            head = self.heads[str(index)] if str(index) in self.heads else None
-            if head is not None:
+            if is_output:
                 outputs.append(head(z))
         return outputs[::-1]
 

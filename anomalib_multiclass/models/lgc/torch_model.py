@@ -3,8 +3,9 @@
 The RD base is composed from anomalib's own pieces (``TimmFeatureExtractor``, the OCBE bottleneck of
 ``get_bottleneck_layer`` and the ResNet decoder of ``get_decoder``) with a projector φ_p between the frozen
 encoder and the bottleneck (the RD++ layout LGC uses). Other timm encoders (EfficientNet-Lite0, ...) get a
-bottleneck and decoder mirrored from their ``feature_info`` (``mirrored_rd.py``). Training returns what the losses need for a clean
-and an augmented view; evaluation returns RD's anomaly map (1 − cosine of encoder and decoder features).
+bottleneck and decoder mirrored from their ``feature_info`` (``mirrored_rd.py``). Training returns what the
+losses need for a clean and an augmented view; evaluation returns RD's anomaly map (1 − cosine of encoder and
+decoder features).
 """
 
 from __future__ import annotations
