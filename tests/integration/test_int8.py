@@ -1,0 +1,151 @@
+"""INT8 OpenVINO export (NNCF), calibrated on images of every category, for every model of the package."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from anomalib_multiclass.data import MultiClassFolder
+from anomalib_multiclass.deploy.quantize import (
+    calibration_images,
+    category_sample_indices,
+    compress_openvino_model,
+    quantize_ptq,
+)
+from anomalib_multiclass.models import LGC, RLR, MintAD, OmniAD, UniAD
+from tests.conftest import TINY_OMNI_AD, TINY_RLR, TINY_UNIAD
+
+pytest.importorskip("nncf", reason="pip install 'anomalib-multiclass[edge]'")
+openvino = pytest.importorskip("openvino")
+
+FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
+REAL = {"backbone": "tf_efficientnet_lite0", "pre_trained": True}
+TINY_MINT_AD = {k: v for k, v in TINY_UNIAD.items() if k not in {"neighbor_size", "pool_size", "layers"}}
+# real ImageNet Lite0 features (an AUROC to compare), tiny everything else; LGC on Lite0 stages 1-3 (mirrored RD)
+MODELS = {
+    "UniAD": (UniAD, {**TINY_UNIAD, **REAL}),
+    "MintAD": (MintAD, {**TINY_MINT_AD, **REAL}),
+    "RLR": (RLR, {**TINY_RLR, **REAL}),
+    "OmniAD": (OmniAD, {**TINY_OMNI_AD, **REAL}),
+    "LGC": (LGC, {**REAL, "layers": (1, 2, 3), "input_size": (64, 64)}),
+}
+
+
+def _datamodule(root, **kwargs):
+    return MultiClassFolder(root=root, num_workers=0, train_batch_size=6, eval_batch_size=32, **kwargs)
+
+
+# --- fast: the calibration set and the quantizer on a small graph ---------------------------------------------------
+def test_calibration_draws_the_same_share_of_every_category(synthetic_root):
+    categories = ["a"] * 5 + ["b"] * 2 + ["c"] * 9
+    indices = category_sample_indices(categories, 3)
+    assert sorted(categories[i] for i in indices) == ["a"] * 3 + ["b"] * 2 + ["c"] * 3
+    assert [categories[i] for i in indices[:3]] == ["a", "b", "c"]  # interleaved: a cut-short subset sees all
+    assert indices == category_sample_indices(categories, 3)  # seeded
+    with pytest.raises(ValueError, match="at least 1"):
+        category_sample_indices(categories, 0)
+
+    datamodule = _datamodule(synthetic_root, calibration_images_per_category=2)
+    datamodule.setup("fit")
+    images = calibration_images(datamodule, input_size=(32, 32))  # the datamodule's share
+    assert len(images) == 2 * len(datamodule.categories)
+    assert all(image.shape == (1, 3, 32, 32) and image.dtype == np.float32 for image in images)
+    assert len(calibration_images(datamodule, images_per_category=4)) == 4 * len(datamodule.categories)
+
+
+def test_ptq_quantizes_a_graph_with_calibration_from_every_category(synthetic_root):
+    """A small conv net converted to OpenVINO: INT8 operations appear and the outputs keep their shape."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 1, 3, padding=1)
+    ).eval()
+    model = openvino.convert_model(net, example_input=torch.rand(1, 3, 64, 64), input=[1, 3, 64, 64])
+    quantized = quantize_ptq(model, _datamodule(synthetic_root), images_per_category=2)
+    assert "FakeQuantize" in {op.get_type_name() for op in quantized.get_ops()}
+    images = torch.rand(1, 3, 64, 64)
+    output = next(iter(openvino.Core().compile_model(quantized, "CPU", FP32)(images.numpy()).values()))
+    with torch.no_grad():
+        expected = net(images).numpy()
+    assert output.shape == expected.shape
+    assert np.corrcoef(output.ravel(), expected.ravel())[0, 1] > 0.95
+
+
+def test_ptq_without_data_or_nncf_says_what_to_do(monkeypatch):
+    model = openvino.convert_model(torch.nn.Conv2d(3, 1, 1).eval(), example_input=torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="needs calibration images: pass `datamodule`"):
+        compress_openvino_model(model, "int8_ptq", datamodule=None)
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    with pytest.raises(ModuleNotFoundError, match=r"anomalib-multiclass\[edge\]"):
+        compress_openvino_model(model, "int8_ptq", datamodule=None)
+
+
+# --- slow: every model through anomalib's export ------------------------------------------------------------------
+@pytest.fixture(scope="module", params=list(MODELS))
+def trained(request, synthetic_root, pretrained_lite0, tmp_path_factory):
+    from anomalib.engine import Engine
+
+    del pretrained_lite0
+    torch.set_flush_denormal(True)
+    torch.manual_seed(0)
+    cls, kwargs = MODELS[request.param]
+    module = cls(**kwargs)
+    root = tmp_path_factory.mktemp(f"int8_{request.param}")
+    engine = Engine(max_epochs=2, accelerator="cpu", default_root_dir=root, logger=False, enable_progress_bar=False)
+    engine.fit(module, datamodule=_datamodule(synthetic_root))
+    return engine, module.eval(), root
+
+
+def _test_set(root):
+    datamodule = _datamodule(root)
+    datamodule.setup("test")
+    data = datamodule.test_data
+    images = torch.stack([data[i].image for i in range(len(data))])
+    labels = np.array([int(data[i].gt_label) for i in range(len(data))])
+    return images, labels, np.array(data.samples["category"])
+
+
+def _run(path, images, config=None):
+    compiled = openvino.Core().compile_model(str(path), "CPU", config or {})
+    return {port.get_any_name(): value for port, value in compiled(images.numpy()).items()}
+
+
+def _mean_category_auroc(scores, labels, categories):
+    return np.mean([roc_auc_score(labels[categories == c], scores[categories == c]) for c in np.unique(categories)])
+
+
+@pytest.mark.slow
+def test_int8_ptq_export_of_every_model(trained, synthetic_root, tmp_path):
+    from anomalib.deploy import CompressionType, ExportType
+
+    from anomalib_multiclass.deploy import read_metadata
+
+    engine, module, _ = trained
+    paths = {
+        compression: engine.export(
+            module,
+            ExportType.OPENVINO,
+            export_root=tmp_path / str(compression),
+            input_size=(64, 64),
+            compression_type=compression,
+            datamodule=_datamodule(synthetic_root, calibration_images_per_category=4),
+        )
+        for compression in (None, CompressionType.INT8_PTQ)
+    }
+    int8 = openvino.Core().read_model(str(paths[CompressionType.INT8_PTQ]))
+    assert "FakeQuantize" in {op.get_type_name() for op in int8.get_ops()}
+    assert read_metadata(paths[CompressionType.INT8_PTQ]) == read_metadata(paths[None])
+    assert read_metadata(paths[None])["category_names"] == ["brick", "coffee", "grass"]
+
+    images, labels, categories = _test_set(synthetic_root)
+    reference = _run(paths[None], images, FP32)
+    quantized = _run(paths[CompressionType.INT8_PTQ], images)
+    assert {name: value.shape for name, value in quantized.items()} == {
+        name: value.shape for name, value in reference.items()
+    }
+    assert quantized["anomaly_map"].shape == (len(images), 1, 64, 64)
+    fp32_auroc = _mean_category_auroc(reference["pred_score"].ravel(), labels, categories)
+    int8_auroc = _mean_category_auroc(quantized["pred_score"].ravel(), labels, categories)
+    assert fp32_auroc > 0.6, "the fp32 model must rank defects above normal images for the comparison to mean much"
+    assert abs(int8_auroc - fp32_auroc) <= 0.1, (fp32_auroc, int8_auroc)
