@@ -140,6 +140,59 @@ def _model_type(model: ov.Model) -> Any:
     return nncf.ModelType.TRANSFORMER if has_attention else None
 
 
+def anomaly_map_operations(model: ov.Model) -> list[str]:
+    """Names of the operations on one-channel maps: the anomaly map's upsampling, smoothing and pooling.
+
+    Left to NNCF, these get 8-bit input quantizers whose range is set on the (normal) calibration images, so a
+    defect's larger distances are clipped to what normal images reach: the very signal the model exists for.
+    They are a few cheap operations at the end of the graph; kept in floating point they cost nothing.
+    """
+    names = []
+    for op in model.get_ops():
+        if op.get_input_size() == 0:
+            continue
+        shape = op.input(0).get_partial_shape()
+        if shape.rank.is_static and len(shape) == 4 and shape[1].is_static and shape[1].get_length() == 1:
+            names.append(op.get_friendly_name())
+    return names
+
+
+def quantization_settings(model: ov.Model, ignored_scope: Any = None) -> dict[str, Any]:
+    """The ``nncf.quantize`` arguments used for every model of the package, and why.
+
+    - ``model_type=TRANSFORMER`` for graphs with attention: softmax, layer norm and the attention matmul on
+      activations stay in floating point (NNCF's transformer patterns);
+    - the anomaly-map operations (:func:`anomaly_map_operations`) stay in floating point, plus ``ignored_scope``;
+    - activations are quantized per tensor: NNCF otherwise puts per-channel quantizers in front of transposes
+      in channels-last blocks (Omni-AD's), which OpenVINO's CPU plugin refuses to compile ("doesn't support non
+      per-tensor quantization for axis: 2");
+    - SmoothQuant is off: NNCF 3.4 fails on MINT-AD's prototype matmuls ("operands could not be broadcast").
+    """
+    import nncf
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        QuantizationParameters,
+    )
+
+    names = anomaly_map_operations(model)
+    if ignored_scope is not None:
+        names += list(ignored_scope.names)
+        patterns, types, subgraphs = ignored_scope.patterns, ignored_scope.types, ignored_scope.subgraphs
+    else:
+        patterns, types, subgraphs = [], [], []
+    return {
+        "model_type": _model_type(model),
+        "ignored_scope": nncf.IgnoredScope(
+            names=names, patterns=patterns, types=types, subgraphs=subgraphs, validate=False
+        ),
+        "advanced_parameters": AdvancedQuantizationParameters(
+            activations_quantization_params=QuantizationParameters(per_channel=False),
+            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1),
+        ),
+    }
+
+
 def quantize_ptq(
     model: ov.Model,
     datamodule: AnomalibDataModule | None,
@@ -154,17 +207,15 @@ def quantize_ptq(
         datamodule: Where the calibration images come from (its training split).
         images_per_category: Calibration images per category (default: the datamodule's
             ``calibration_images_per_category``, else :data:`DEFAULT_IMAGES_PER_CATEGORY`).
-        ignored_scope: ``nncf.IgnoredScope`` of operations to keep in floating point.
-        **nncf_kwargs: Further ``nncf.quantize`` arguments (``preset``, ``model_type``, ...).
+        ignored_scope: ``nncf.IgnoredScope`` of further operations to keep in floating point.
+        **nncf_kwargs: ``nncf.quantize`` arguments that replace :func:`quantization_settings`'s.
     """
     nncf = require_nncf()
     datamodule = _setup(datamodule, "INT8_PTQ")
     inputs = calibration_images(datamodule, images_per_category, _model_input_size(model))
-    nncf_kwargs.setdefault("model_type", _model_type(model))
+    settings = quantization_settings(model, ignored_scope) | nncf_kwargs
     logger.info("INT8_PTQ: calibrating on %d images (every category).", len(inputs))
-    return nncf.quantize(
-        model, nncf.Dataset(inputs), subset_size=len(inputs), ignored_scope=ignored_scope, **nncf_kwargs
-    )
+    return nncf.quantize(model, nncf.Dataset(inputs), subset_size=len(inputs), **settings)
 
 
 def default_acq_metric() -> Metric:
@@ -262,7 +313,9 @@ def quantize_acq(
     size = _model_input_size(model)
     inputs = calibration_images(datamodule, images_per_category, size)
     validation = _validation_items(datamodule, size)
-    nncf_kwargs.setdefault("model_type", _model_type(model))
+    settings = quantization_settings(model, ignored_scope)
+    settings["advanced_quantization_parameters"] = settings.pop("advanced_parameters")
+    settings |= nncf_kwargs
     logger.info("INT8_ACQ: calibrating on %d images, validating on %d.", len(inputs), len(validation))
     return nncf.quantize_with_accuracy_control(
         model,
@@ -271,8 +324,7 @@ def quantize_acq(
         per_category_validation(metric if metric is not None else default_acq_metric()),
         max_drop=max_drop,
         subset_size=len(inputs),
-        ignored_scope=ignored_scope,
-        **nncf_kwargs,
+        **settings,
     )
 
 

@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from anomalib_multiclass.data import MultiClassFolder
@@ -145,7 +146,9 @@ def test_int8_ptq_export_of_every_model(trained, synthetic_root, tmp_path):
         name: value.shape for name, value in reference.items()
     }
     assert quantized["anomaly_map"].shape == (len(images), 1, 64, 64)
-    fp32_auroc = _mean_category_auroc(reference["pred_score"].ravel(), labels, categories)
-    int8_auroc = _mean_category_auroc(quantized["pred_score"].ravel(), labels, categories)
-    assert fp32_auroc > 0.6, "the fp32 model must rank defects above normal images for the comparison to mean much"
+    fp32_scores, int8_scores = reference["pred_score"].ravel(), quantized["pred_score"].ravel()
+    # INT8 ranks the images as fp32 does (8 per category: one swapped pair moves a category's AUROC by 0.07)
+    assert spearmanr(fp32_scores, int8_scores).statistic > 0.8
+    fp32_auroc = _mean_category_auroc(fp32_scores, labels, categories)
+    int8_auroc = _mean_category_auroc(int8_scores, labels, categories)
     assert abs(int8_auroc - fp32_auroc) <= 0.1, (fp32_auroc, int8_auroc)
