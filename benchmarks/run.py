@@ -119,9 +119,12 @@ def _our_model(
             dims=(cfg["hidden_dim"], 112, 40, 24), depths=depths, num_tokens=16, num_heads=4, lr=1e-3,
         )  # fmt: skip
     if name == "LGC":
-        # RD's decoder exists only for ResNets and no ResNet ImageNet weights can be had offline: a random
-        # resnet18 encoder, the same for LGC and its contrastive-off switch (plain RD trained jointly)
-        return models.LGC(backbone="resnet18", pre_trained=False, input_size=(size, size), **extra)
+        # real ImageNet features: Lite0 stages 1-3 (24/40/112 channels, strides 4/8/16) with RD's bottleneck and
+        # decoder mirrored from them; the same for LGC and its contrastive-off switch (plain RD trained jointly)
+        return models.LGC(
+            backbone="tf_efficientnet_lite0", layers=(1, 2, 3), pre_trained=pre_trained, input_size=(size, size),
+            **extra,
+        )  # fmt: skip
     raise NotBuiltError(name)
 
 
@@ -240,20 +243,16 @@ def _epochs(name: str, cfg: dict[str, Any]) -> int:
     return cfg["lgc_epochs"] if name == "LGC" else cfg["epochs"]
 
 
-def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> list[Row]:
-    """LGC and its contrastive-off switch on two dataset layouts mixed into one model (the paper's all-in-all).
+def all_in_all_data(cfg: dict[str, Any], work: Path) -> Callable[[], Any]:
+    """Generate the two all-in-all datasets under ``work``; returns a factory of their mixed datamodule.
 
     An MVTec AD layout (read by ``MultiClassFolder``) and a raw VisA layout (converted by anomalib's own
     ``Visa.prepare_data`` inside ``MultiClassVisA``), namespaced ``mvtec/...`` and ``visa/...``, one class-index
-    space, batches that mix both; per category, the mean per dataset and the overall mean.
+    space, batches that mix both.
     """
-    import anomalib_multiclass.models as models
     from anomalib_multiclass.data import MixedMultiClassDataModule, MultiClassFolder, MultiClassVisA
     from anomalib_multiclass.data.synthetic import make_synthetic_dataset
-    from anomalib_multiclass.evaluation.per_category import is_summary_row
 
-    if not hasattr(models, "LGC"):
-        return []
     sizes = {
         "n_train": cfg["mix_train"], "n_test_good": cfg["mix_test_good"], "n_test_defect": cfg["mix_test_defect"],
         "image_size": cfg["image_size"],
@@ -276,6 +275,20 @@ def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> l
             prefixes=["mvtec", "visa"], train_batch_size=8, eval_batch_size=16, num_workers=0,
         )  # fmt: skip
 
+    return mixed
+
+
+def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> list[Row]:
+    """LGC and its contrastive-off switch on two dataset layouts mixed into one model (the paper's all-in-all).
+
+    The data of :func:`all_in_all_data`; per category, the mean per dataset and the overall mean.
+    """
+    import anomalib_multiclass.models as models
+    from anomalib_multiclass.evaluation.per_category import is_summary_row
+
+    if not hasattr(models, "LGC"):
+        return []
+    mixed = all_in_all_data(cfg, work)
     rows = []
     epochs = cfg["lgc_epochs"]
     for setting, overrides in _quality_variants("LGC"):
@@ -702,10 +715,9 @@ torch {torch.__version__}, {_device_line()}.
 ## Proxy quality (unified multi-class, real photos with synthetic defects)
 Dataset: `make_synthetic_dataset` with categories {cfg["categories"]}, {cfg["n_train"]} normal training images each,
 {cfg["n_test_good"]} normal and {cfg["n_test_defect"]} defective test images each ({cfg["image_size"]} px; see
-`benchmarks/README.md`). Backbone: EfficientNet-Lite0 with real ImageNet weights for every model but LGC. LGC
-builds on Reverse Distillation, whose decoder exists only for ResNet encoders, and no ResNet ImageNet weights can be
-had offline: LGC runs on a randomly initialised resnet18 here, so its rows compare LGC with its own contrastive-off
-switch (plain RD trained jointly, same encoder, same seed), not with the other models. Our models are scaled down for
+`benchmarks/README.md`). Backbone: EfficientNet-Lite0 with real ImageNet weights for every model; LGC on its
+stages 1-3 with Reverse Distillation's bottleneck and decoder mirrored from them (`models/lgc/mirrored_rd.py`), and
+its contrastive-off switch (plain RD trained jointly, same encoder, same seed) beside it. Our models are scaled down for
 a CPU (width {cfg["hidden_dim"]}, {cfg["layers"]}+{cfg["layers"]} layers or blocks; input {cfg["input_size"]} px for
 UniAD and MINT-AD, {cfg["small_input"]} px for RLR, Omni-AD and LGC, whose maps go down to 1/4; each model's
 arguments: `_our_model` in `benchmarks/run.py`) and trained for the epochs in the setting column: these are proxy
@@ -718,8 +730,8 @@ protocol).
 One LGC model on an MVTec AD layout (`brick`, `coffee`, read by `MultiClassFolder`) and a raw VisA layout
 (two generated categories under VisA's names `candle`, `capsules`, converted by anomalib's `Visa.prepare_data`)
 mixed by `MixedMultiClassDataModule` (classes `mvtec/...`, `visa/...`), {cfg["mix_train"]} normal training images
-per category, {cfg["mix_test_good"]} normal and {cfg["mix_test_defect"]} defective test images; random resnet18
-encoder as above. Per category, mean per dataset, overall mean.
+per category, {cfg["mix_test_good"]} normal and {cfg["mix_test_defect"]} defective test images; Lite0 encoder as
+above. Per category, mean per dataset, overall mean.
 
 {_table(mix_rows) if mix_rows else "LGC not built."}
 
