@@ -23,6 +23,7 @@ _COMPANIONS = {
 
 
 _ANOMALIB_OF = {ours: theirs for theirs, ours in _COMPANIONS.items()}
+_ANOMALIB_CLI = "anomalib.cli.cli"  # seeded as Lightning's CLI seeds (see anomalib_multiclass/cli.py)
 
 
 def _publish(anomalib_name: str) -> None:
@@ -46,6 +47,11 @@ def _publish(anomalib_name: str) -> None:
 
 
 def _after_import(name: str) -> None:
+    if name == _ANOMALIB_CLI:
+        from anomalib_multiclass.cli import install_cli_seeding
+
+        install_cli_seeding(sys.modules[name])
+        return
     if name in _ANOMALIB_OF:  # one of ours finished importing (possibly before anomalib's module did)
         _publish(_ANOMALIB_OF[name])
         return
@@ -53,6 +59,9 @@ def _after_import(name: str) -> None:
         allowed = getattr(sys.modules[name], "ALLOWED_MODULES", None)
         if isinstance(allowed, set):
             allowed.add("anomalib_multiclass.models")
+        from anomalib_multiclass.evaluation.default import install_per_category_default
+
+        install_per_category_default(sys.modules[name].AnomalibModule)
     try:
         importlib.import_module(_COMPANIONS[name])
     except Exception as error:
@@ -85,7 +94,7 @@ class _Finder(importlib.abc.MetaPathFinder):
     """Finds ``anomalib.models``/``anomalib.data`` (and our two companions) with the other finders, wraps the loader."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname not in _COMPANIONS and fullname not in _ANOMALIB_OF:
+        if fullname not in _COMPANIONS and fullname not in _ANOMALIB_OF and fullname != _ANOMALIB_CLI:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -101,7 +110,7 @@ def install() -> None:
     """Add the hook once; if anomalib is already imported, register right away."""
     if not any(isinstance(finder, _Finder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
-    for name in _COMPANIONS:
+    for name in (*_COMPANIONS, _ANOMALIB_CLI):
         if name in sys.modules:
             _after_import(name)
 

@@ -47,15 +47,35 @@ def check_category_names(trained: Sequence[str], given: Sequence[str]) -> None:
 class MultiClassDataModule(AnomalibDataModule):
     """Base of the multi-category datamodules: several categories, one class-index space.
 
+    Its arguments are anomalib's ``AnomalibDataModule`` arguments plus the category selection, the second training
+    view and the image check; every multi-class datamodule of this package takes them.
+
     Args:
-        categories: Categories to use; ``None`` means all of ``available_categories()``.
-        category_names: The name -> index order. Default: ``categories`` in the order given (sorted when
-            all categories are used). Pass a trained model's order at inference to keep its indices.
-        train_view_transform: Optional transform producing ``batch.image_view`` in training (a second
-            augmented view). If ``None``, the model's ``train_view_transform`` is used when it has one.
-        verify: Decode every image and mask at setup and fail on the first bad file (slower, thorough).
+        categories: Categories to load; null loads all the dataset has (folders: every category sub-folder;
+            mixtures: namespaced names such as ``mvtecad/bottle``).
+        category_names: Order of the class indices (name at index i is class i); default: ``categories`` in the
+            order given, sorted when all are used. At inference pass the trained model's order.
+        train_batch_size: Images per training batch (32).
+        eval_batch_size: Images per validation and test batch (32).
+        num_workers: Data-loading worker processes for every dataloader (8); 0 loads in the main process.
+        train_augmentations: torchvision transform applied to the training images before the model's
+            pre-processor; default ``augmentations``. Any training augmentation turns the frozen-feature cache off.
+        val_augmentations: torchvision transform applied to the validation images; default ``augmentations``.
+        test_augmentations: torchvision transform applied to the test images; default ``augmentations``.
+        augmentations: torchvision transform used for every split that has no augmentation of its own.
+        test_split_mode: Where the test set comes from: ``from_dir`` (the dataset's test folders), ``synthetic``
+            (synthetic anomalies on normal images) or ``none``.
+        test_split_ratio: Fraction of the training images moved to the test set when it has no normal images.
+        val_split_mode: Where the validation set (thresholds, normalisation) comes from: ``same_as_test`` (the test
+            set, as anomalib's MVTec AD), ``from_test`` / ``from_train`` (a part of each category's test / training
+            images), ``synthetic`` or ``none``.
+        val_split_ratio: Fraction of each category's test (``from_test``) or training (``from_train``) images
+            that become the validation set.
+        seed: Random seed of the validation and test splits; null: random splits.
+        train_view_transform: Transform that builds a second augmented view of each training image
+            (``batch.image_view``); null: the model's own (LGC has one), or none.
+        verify: Decode every image and mask at setup and fail on the first unreadable file (slower, thorough).
         calibration_images_per_category: Training images of each category that calibrate an INT8 OpenVINO export.
-        The other arguments are anomalib's ``AnomalibDataModule`` arguments.
     """
 
     def __init__(

@@ -24,7 +24,11 @@ _COMMON = ("train_batch_size", "eval_batch_size", "num_workers")
 
 
 class _RootedMultiClassDataModule(MultiClassDataModule):
-    """A multi-class datamodule over one dataset root."""
+    """A multi-class datamodule over one dataset root.
+
+    Args:
+        root: Folder of the dataset; null: ``./datasets/<default_root>``.
+    """
 
     default_root = "dataset"
 
@@ -39,6 +43,9 @@ class _RootedMultiClassDataModule(MultiClassDataModule):
 
 class MultiClassMVTecAD(_RootedMultiClassDataModule):
     """MVTec AD, all 15 categories (or ``categories``) in one class-aware datamodule.
+
+    Args:
+        root: MVTec AD folder, the one holding a sub-folder per category; null: ``./datasets/MVTecAD``.
 
     Example:
         >>> datamodule = MultiClassMVTecAD(root="./datasets/MVTecAD")  # doctest: +SKIP
@@ -56,7 +63,11 @@ class MultiClassMVTecAD(_RootedMultiClassDataModule):
 
 
 class MultiClassVisA(_RootedMultiClassDataModule):
-    """VisA, all 12 categories (or ``categories``), with anomalib's 1-class split preparation."""
+    """VisA, all 12 categories (or ``categories``), with anomalib's 1-class split preparation.
+
+    Args:
+        root: VisA folder (anomalib prepares its ``visa_pytorch`` split there); null: ``./datasets/visa``.
+    """
 
     default_root = "visa"
 
@@ -73,8 +84,10 @@ class MultiClassRealIAD(_RootedMultiClassDataModule):
     """Real-IAD, all 30 categories (or ``categories``), through anomalib's ``RealIAD`` parsing.
 
     Args:
-        resolution: Real-IAD image resolution folder (anomalib's argument).
-        json_path: Split file, relative to the root (anomalib's argument).
+        root: Real-IAD folder, holding the image folders and ``realiad_jsons``; null: ``./datasets/realiad``.
+        resolution: Image resolution folder to read: 256, 512, 1024 or ``raw`` (anomalib's argument).
+        json_path: Split file relative to ``root``; ``{category}`` is replaced by each category (e.g. the
+            single-view split ``realiad_jsons/realiad_jsons_sv/{category}.json``).
     """
 
     default_root = "realiad"
@@ -101,7 +114,11 @@ class MultiClassRealIAD(_RootedMultiClassDataModule):
 
 
 class MultiClassBTAD(_RootedMultiClassDataModule):
-    """BTAD (BeanTech), its 3 categories, through anomalib's ``BTech``."""
+    """BTAD (BeanTech), its 3 categories, through anomalib's ``BTech``.
+
+    Args:
+        root: BTAD folder, holding the categories ``01``, ``02``, ``03``; null: ``./datasets/BTech``.
+    """
 
     default_root = "BTech"
 
@@ -121,6 +138,9 @@ class MultiClassFolder(_RootedMultiClassDataModule):
     ``<root>/<category>/test/<defect>/*`` and, for pixel metrics, ``<root>/<category>/ground_truth/<defect>/*``
     (mask names: the image name with ``_mask`` before the extension). Every sub-folder of ``root`` that has a
     ``train`` folder is a category.
+
+    Args:
+        root: Folder holding one MVTec-like sub-folder per category; null: ``./datasets/folder``.
     """
 
     default_root = "folder"
@@ -153,11 +173,13 @@ class MixedMultiClassDataModule(MultiClassDataModule):
     Category names are namespaced by dataset (``mvtecad/toothbrush`` and ``realiad/toothbrush`` are two
     classes), one class-index space covers them all, and the batches mix datasets.
 
+    The other arguments are those of :class:`MultiClassDataModule` (batch sizes, splits, ...) and apply to the
+    mixture; the children's own batch sizes are ignored.
+
     Args:
-        datamodules: The multi-class datamodules to mix.
-        prefixes: Namespace per datamodule; default the lower-cased class name without ``MultiClass``.
-        categories: Namespaced categories to keep (default all).
-        Other arguments as :class:`MultiClassDataModule`; the children's batch sizes are ignored.
+        datamodules: The multi-class datamodules to mix (each with its own root and options).
+        prefixes: Namespace of each datamodule's categories; default: the lower-cased class name without
+            ``MultiClass`` (``mvtecad``, ``visa``, ...).
     """
 
     def __init__(

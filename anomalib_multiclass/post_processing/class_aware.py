@@ -3,33 +3,44 @@
 anomalib's ``PostProcessor`` learns one F1-optimal threshold and one min-max range on the validation set
 for all images (anomalib issue #3033). With several categories in one model, score scales differ per
 category, so one threshold misclassifies whole categories. This post-processor learns both per category
-(by class index) and applies them per image, from the image's class: the class the model predicts
-(``pred_class``, for models with a classifier) or the class given with the data (``class_index``).
+and applies them per image, from the image's class:
+
+- learning (validation) always uses the true class (``class_index``) that the data carries;
+- applying uses the true class whenever the batch has one (test, predict on a labelled datamodule), and the
+  class the model predicts (``pred_class``) only where no label exists (deployment, the exported graph).
+
 Without a class, or for a category that had no validation images, the global values apply. With
 ``per_category=False`` it is anomalib's post-processor.
 
-The per-class values are buffers, saved in checkpoints and baked into exported graphs: an exported model
-that outputs ``pred_class`` thresholds per class by itself; for the others the exported graph applies the
-global values and ``per_class_thresholds()`` gives the table to apply given the category.
+Statistics are computed once per validation epoch from every image the validation loop produced, gathered over
+all DDP ranks (each image once: the distributed sampler's padding duplicates are dropped), so thresholds do not
+depend on the number of processes. The per-class values are buffers, saved in checkpoints (their size comes back
+from the checkpoint) and baked into exported graphs: an exported model that outputs ``pred_class`` thresholds per
+class by itself; for the others the exported graph applies the global values and ``per_class_thresholds()``
+gives the table to apply given the category.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from anomalib.data import Batch, InferenceBatch
-from anomalib.metrics import F1AdaptiveThreshold, MinMax
+from anomalib.metrics import F1AdaptiveThreshold
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
 
 from anomalib_multiclass.models.components.base import MultiClassInferenceBatch
+from anomalib_multiclass.utils.distributed import broadcast, gather_records
 
 logger = logging.getLogger(__name__)
 
-_BUFFERS = ("class_image_threshold", "class_pixel_threshold", "class_image_min", "class_image_max",
-            "class_pixel_min", "class_pixel_max")  # fmt: skip
+_STATISTICS = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
+_BUFFERS = tuple(f"class_{name}" for name in _STATISTICS)
+_GLOBAL_BUFFERS = ("_image_threshold", "_pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
 
 
 class ClassAwarePostProcessor(PostProcessor):
@@ -47,7 +58,7 @@ class ClassAwarePostProcessor(PostProcessor):
         self.per_category = per_category
         for name in _BUFFERS:
             self.register_buffer(name, torch.full((num_classes,), float("nan")))
-        self._class_metrics: dict[int, dict[str, Any]] = {}
+        self._records: list[dict[str, Any]] = []
 
     @property
     def _checkpoint_config_keys(self) -> tuple[str, ...]:
@@ -66,56 +77,100 @@ class ClassAwarePostProcessor(PostProcessor):
         for name in _BUFFERS:
             setattr(self, name, torch.full((num_classes,), float("nan"), device=device))
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Size the per-class tables as saved before loading them (the checkpoint knows how many classes)."""
+        saved = state_dict.get(f"{prefix}class_image_threshold")
+        if isinstance(saved, torch.Tensor):
+            self.set_num_classes(int(saved.numel()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # --- learning the values on validation data ----------------------------------------------------
     @staticmethod
     def batch_classes(batch: Any) -> torch.Tensor | None:
-        """Class of each image: predicted (``pred_class``) first, else given (``class_index``)."""
-        for name in ("pred_class", "class_index"):
+        """Class of each image: the true one (``class_index``) when the batch has it, else the predicted one."""
+        for name in ("class_index", "pred_class"):
             value = getattr(batch, name, None)
             if isinstance(value, torch.Tensor):
                 return value.long().reshape(-1)
         return None
 
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start a fresh collection of validation outputs."""
+        del trainer, pl_module
+        self._records = []
+
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Batch, *args, **kwargs
     ) -> None:
-        """Global statistics as anomalib, plus per-class ones from the images' given classes."""
-        super().on_validation_batch_end(trainer, pl_module, outputs, *args, **kwargs)
-        classes = getattr(outputs, "class_index", None)  # learn from the true class, not a prediction
-        if not self.per_category or not isinstance(classes, torch.Tensor):
+        """Keep the raw scores, maps, labels and true classes (statistics are computed at the epoch's end)."""
+        del trainer, pl_module, args, kwargs
+        record: dict[str, Any] = {}
+        for name in ("pred_score", "gt_label", "anomaly_map", "gt_mask", "class_index"):
+            value = getattr(outputs, name, None)
+            if isinstance(value, torch.Tensor):
+                record[name] = value.detach().to("cpu", copy=True)
+        size = next((len(record[n]) for n in ("pred_score", "anomaly_map") if n in record), 0)
+        if size == 0:
             return
-        for cls in classes.unique().tolist():
-            index = (classes == cls).nonzero().flatten()
-            part = _Subset(outputs, index)
-            metrics = self._class_metrics.setdefault(int(cls), _new_metrics())
-            if self.enable_thresholding:
-                metrics["image_threshold"].update(part)
-                metrics["pixel_threshold"].update(part)
-            if self.enable_normalization:
-                metrics["image_min_max"].update(part)
-                metrics["pixel_min_max"].update(part)
+        paths = getattr(outputs, "image_path", None)
+        record["image_path"] = [str(p) for p in paths] if paths is not None else [""] * size
+        record["category"] = [str(int(c)) for c in record["class_index"]] if "class_index" in record else [""] * size
+        self._records.append(record)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Compute the global values (anomalib), then each class's."""
-        super().on_validation_epoch_end(trainer, pl_module)
-        if not self._class_metrics:
+        """Global and per-class values from all ranks' validation images, computed on rank 0, shared with all."""
+        del trainer, pl_module
+        records = gather_records(getattr(self, "_records", []))
+        self._records = []
+        table = self._learn(records) if records is not None else None
+        table = broadcast(table)
+        if table is None:
             return
-        needed = max(self._class_metrics) + 1
+        for buffer, name in zip(_GLOBAL_BUFFERS, _STATISTICS, strict=True):
+            value = table["global"][name]
+            if not math.isnan(value):
+                getattr(self, buffer).fill_(value)
+        if not self.per_category or not table["classes"]:
+            return
+        needed = max(table["classes"]) + 1
         if needed > self.num_classes:
             self.set_num_classes(needed)
-        for cls, metrics in self._class_metrics.items():
-            for key, metric in metrics.items():
-                if not metric.update_called:
-                    continue
-                if key.endswith("threshold"):
-                    getattr(self, f"class_{key}")[cls] = metric.compute()
-                else:
-                    low, high = metric.compute()
-                    prefix = key.removesuffix("_min_max")
-                    getattr(self, f"class_{prefix}_min")[cls] = low
-                    getattr(self, f"class_{prefix}_max")[cls] = high
-                metric.reset()
-        self._class_metrics = {}
+        for cls, values in table["classes"].items():
+            for name in _STATISTICS:
+                if not math.isnan(values[name]):
+                    getattr(self, f"class_{name}")[cls] = values[name]
+
+    def _learn(self, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """``{"global": {statistic: value}, "classes": {class: {statistic: value}}}``, NaN where not learnable."""
+        if not records:
+            return None
+        values = {
+            name: torch.cat([r[name] for r in records])
+            for name in ("pred_score", "gt_label", "anomaly_map", "gt_mask", "class_index")
+            if all(name in r for r in records)
+        }
+        table: dict[str, Any] = {"global": self._statistics(values), "classes": {}}
+        classes = values.get("class_index")
+        if self.per_category and classes is not None:
+            for cls in classes.unique().tolist():
+                index = (classes == cls).nonzero().flatten()
+                table["classes"][int(cls)] = self._statistics({k: v[index] for k, v in values.items()})
+        return table
+
+    def _statistics(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Anomalib's statistics (F1-optimal thresholds, min and max) of one set of raw outputs."""
+        stats = dict.fromkeys(_STATISTICS, math.nan)
+        for level, prediction, target in (("image", "pred_score", "gt_label"), ("pixel", "anomaly_map", "gt_mask")):
+            if prediction not in values:
+                continue
+            if self.enable_thresholding and target in values:
+                metric = F1AdaptiveThreshold(fields=[prediction, target], strict=False)
+                metric.update(SimpleNamespace(**{prediction: values[prediction], target: values[target]}))
+                stats[f"{level}_threshold"] = float(metric.compute())
+            if self.enable_normalization:
+                stats[f"{level}_min"] = float(values[prediction].min())
+                stats[f"{level}_max"] = float(values[prediction].max())
+        return stats
 
     # --- applying them --------------------------------------------------------------------------------
     def _per_image(self, classes: torch.Tensor | None, name: str, fallback: torch.Tensor) -> torch.Tensor:
@@ -215,23 +270,3 @@ class ClassAwarePostProcessor(PostProcessor):
             "pred_label": self._apply_threshold(score, self.normalized_image_threshold),
             "pred_mask": self._apply_threshold(amap, self.normalized_pixel_threshold),
         }
-
-
-def _new_metrics() -> dict[str, Any]:
-    return {
-        "image_threshold": F1AdaptiveThreshold(fields=["pred_score", "gt_label"], strict=False),
-        "pixel_threshold": F1AdaptiveThreshold(fields=["anomaly_map", "gt_mask"], strict=False),
-        "image_min_max": MinMax(fields=["pred_score"], strict=False),
-        "pixel_min_max": MinMax(fields=["anomaly_map"], strict=False),
-    }
-
-
-class _Subset:
-    """Read-only view of some images of a batch, with the fields the statistics need."""
-
-    def __init__(self, batch: Any, index: torch.Tensor) -> None:
-        for name in ("pred_score", "gt_label", "anomaly_map", "gt_mask"):
-            value = getattr(batch, name, None)
-            setattr(
-                self, name, value[index.to(value.device)].detach().cpu() if isinstance(value, torch.Tensor) else None
-            )

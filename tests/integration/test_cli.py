@@ -66,6 +66,8 @@ def trained_run(synthetic_root, tmp_path_factory):
 def test_train_prints_and_writes_the_per_category_table(trained_run):
     root, result = trained_run
     assert "Per-category test metrics (3 categories)" in result.stdout
+    # stdout is a pipe, where the progress bar draws nothing: one plain line per epoch instead
+    assert "\n[UniAD] epoch 1/1: loss " in result.stdout
     csv_files = list(root.rglob("per_category_metrics.csv"))
     assert len(csv_files) == 1
     rows = [line.split(",")[0] for line in csv_files[0].read_text().splitlines()]

@@ -1,3 +1,5 @@
+import json
+import logging
 import math
 from types import SimpleNamespace
 
@@ -7,6 +9,8 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomalib_multiclass.evaluation import PerCategoryEvaluator, format_table
+from anomalib_multiclass.evaluation.table import format_report
+from anomalib_multiclass.post_processing import ClassAwarePostProcessor
 
 
 def _batch(scores, labels, categories, maps=None, masks=None):
@@ -67,8 +71,14 @@ def test_writes_csv_and_json(tmp_path):
     evaluator.update(_batch([0.1, 0.9, 0.2, 0.8], [0, 1, 0, 1], ["x", "x", "y", "y"]))
     evaluator.compute()
     csv_path, json_path = evaluator.write(tmp_path)
-    assert csv_path.read_text().splitlines() == ["category,image_AUROC", "x,1.0", "y,1.0", "mean,1.0", "pooled,1.0"]
-    assert '"mean"' in json_path.read_text()
+    assert csv_path.read_text().splitlines() == [
+        "category,image_AUROC,note",
+        "x,1.0,",
+        "y,1.0,",
+        "mean,1.0,",
+        "pooled,1.0,",
+    ]
+    assert json.loads(json_path.read_text())["mean"] == {"image_AUROC": 1.0, "n_categories": {"image_AUROC": 2}}
 
 
 def test_plain_anomalib_batch_without_category_is_one_category():
@@ -82,13 +92,43 @@ def test_plain_anomalib_batch_without_category_is_one_category():
     assert list(results) == ["all", "mean", "pooled"]
 
 
-def test_undefined_metric_is_nan_not_a_crash():
-    evaluator = PerCategoryEvaluator(metrics=["image_AUROC"])
+def test_a_category_without_defects_is_na_and_left_out_of_the_mean(tmp_path, caplog):
+    evaluator = PerCategoryEvaluator(metrics=["image_AUROC", "image_AP", "image_F1Max"])
     evaluator.reset()
-    evaluator.update(_batch([0.1, 0.2, 0.3, 0.9], [0, 0, 0, 1], ["only_normal", "only_normal", "z", "z"]))
+    scores = [0.1, 0.2, 0.3, 0.9, 0.2, 0.8, 0.5, 0.6]
+    labels = [0, 0, 0, 1, 0, 1, 1, 1]
+    categories = ["no_defect", "no_defect", "z", "z", "w", "w", "only_defect", "only_defect"]
+    with caplog.at_level(logging.WARNING):
+        evaluator.update(_batch(scores, labels, categories))
+        results = evaluator.compute()
+    for category in ("no_defect", "only_defect"):
+        assert all(math.isnan(v) for v in results[category].values()), category
+    assert results["mean"] == {"image_AUROC": 1.0, "image_AP": 1.0, "image_F1Max": 1.0}  # z and w only
+    assert evaluator.counted["mean"]["image_AUROC"] == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("no_defect" in w and "no defective test image" in w for w in warnings)
+    assert any("only_defect" in w and "no normal test image" in w for w in warnings)
+    report = format_report(results, evaluator.metric_names, evaluator.notes)
+    no_defect_line = next(line for line in report.splitlines() if line.startswith("no_defect "))
+    assert no_defect_line.split()[1:] == ["n/a", "n/a", "n/a"]
+    assert "mean: image metrics over 2 of 4 categories" in report
+    csv_path, json_path = evaluator.write(tmp_path)
+    assert "no_defect,null,null,null,image metrics: no defective test image" in csv_path.read_text()
+    assert json.loads(json_path.read_text())["no_defect"]["image_AUROC"] is None
+
+
+def test_raw_scores_beyond_any_range_do_not_tie():
+    # raw reconstruction errors of 20-120: torchmetrics would squash them with a sigmoid into exact 1.0 ties
+    rng = np.random.default_rng(3)
+    labels = np.array([0] * 10 + [1] * 10)
+    scores = 20 + 100 * rng.random(20) + 15 * labels
+    evaluator = PerCategoryEvaluator(metrics=["image_AUROC", "image_AP"])
+    evaluator.reset()
+    evaluator.update(_batch(scores.tolist(), labels.tolist(), ["a"] * 20))
     results = evaluator.compute()
-    assert results["z"]["image_AUROC"] == 1.0
-    assert math.isnan(results["only_normal"]["image_AUROC"]) or results["only_normal"]["image_AUROC"] in (0.0, 0.5)
+    assert 0.5 < roc_auc_score(labels, scores) < 1
+    assert results["a"]["image_AUROC"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    assert results["a"]["image_AP"] == pytest.approx(average_precision_score(labels, scores), abs=1e-6)
 
 
 def test_unknown_metric_name_is_refused():
@@ -112,3 +152,62 @@ def test_mixed_datasets_get_a_mean_per_dataset():
     lines = table.splitlines()
     assert [line.split()[0] for line in lines[2:] if not line.startswith("-")] == list(results)
     assert lines[5].startswith("-")  # the separator sits between the categories and the summary rows
+
+
+def test_metrics_read_raw_scores_whatever_the_predicted_class():
+    """The papers' protocol through the callbacks in Lightning's order: a classifier that is wrong half the time
+    changes neither the statistics the post-processor learns nor any per-category metric."""
+    rng = np.random.default_rng(0)
+    n = 40
+    classes = torch.tensor([0] * n + [1] * n)
+    labels = torch.tensor(([0] * (n // 2) + [1] * (n // 2)) * 2)
+    # class 1 scores live on another scale; test scores go beyond the validation range (no clamping ties)
+    scale = torch.where(classes == 0, 1.0, 10.0)
+    val_scores = scale * (torch.tensor(rng.random(2 * n), dtype=torch.float32) + 0.6 * labels)
+    test_scores = scale * (torch.tensor(rng.random(2 * n), dtype=torch.float32) * 3 + 0.6 * labels)
+    categories = ["a"] * n + ["b"] * n
+
+    def run(pred_class):
+        post_processor = ClassAwarePostProcessor(num_classes=2)
+        evaluator = PerCategoryEvaluator(metrics=["image_AUROC"])
+        trainer = SimpleNamespace(
+            callbacks=[post_processor, evaluator], num_devices=1, log_dir=None, default_root_dir=None
+        )
+        evaluator.setup(trainer, None, "test")  # puts the evaluator before the post-processor
+        assert trainer.callbacks == [evaluator, post_processor]
+        validation = SimpleNamespace(
+            pred_score=val_scores, gt_label=labels, class_index=classes, pred_class=pred_class,
+            anomaly_map=None, gt_mask=None, image_path=None,
+        )  # fmt: skip
+        post_processor.on_validation_epoch_start(None, None)
+        post_processor.on_validation_batch_end(None, None, validation)
+        post_processor.on_validation_epoch_end(None, None)
+        evaluator.on_test_start(None, None)
+        decisions = []
+        for start in range(0, 2 * n, 16):
+            part = slice(start, start + 16)
+            batch = SimpleNamespace(
+                pred_score=test_scores[part].clone(), gt_label=labels[part], class_index=classes[part],
+                pred_class=pred_class[part], anomaly_map=None, gt_mask=None, pred_label=None, pred_mask=None,
+                category=categories[part], image_path=None,
+            )  # fmt: skip
+            for callback in trainer.callbacks:  # Lightning calls the hooks in list order
+                callback.on_test_batch_end(trainer, None, batch, batch, 0)
+            decisions.append(batch.pred_score)  # normalised by the post-processor, after the evaluator kept the raw
+        return post_processor, evaluator.compute(post_processor), torch.cat(decisions)
+
+    true_post, true_results, true_decisions = run(classes.clone())
+    wrong = classes.clone()
+    flip = torch.tensor(rng.random(2 * n) < 0.5)
+    wrong[flip] = 1 - wrong[flip]
+    wrong_post, wrong_results, wrong_decisions = run(wrong)
+    assert torch.equal(true_post.class_image_threshold, wrong_post.class_image_threshold)
+    for category in ("a", "b"):
+        own = classes == (0 if category == "a" else 1)
+        expected = roc_auc_score(labels[own].numpy(), test_scores[own].numpy())
+        assert true_results[category]["image_AUROC"] == pytest.approx(expected, abs=1e-6)
+        assert wrong_results[category]["image_AUROC"] == pytest.approx(expected, abs=1e-6)
+    assert wrong_results == true_results
+    # with labels at hand the post-processor normalises by the true class, not the prediction
+    assert torch.equal(true_decisions, wrong_decisions)
+    assert not torch.equal(true_decisions, test_scores)

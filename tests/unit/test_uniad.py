@@ -138,3 +138,26 @@ def test_category_names_are_saved_with_the_checkpoint(synthetic_root, tmp_path):
     restored.on_load_checkpoint(copy.deepcopy(checkpoint))
     assert restored.category_names == ["brick", "coffee", "grass"]
     assert restored.post_processor.num_classes == 3
+
+
+def test_initialisation_follows_the_official_code():
+    """Official UniAD: every Linear xavier-uniform with zero bias (its initializer), except the attention
+    in-projections, which keep nn.MultiheadAttention's xavier on the packed 3d x d matrix."""
+    from anomalib_multiclass.models.components.attention import MultiHeadAttention
+
+    torch.manual_seed(0)
+    reconstruction = UniADModel(pre_trained=False).reconstruction  # the paper's widths: 256, FFN 1024
+    in_projections = {
+        id(layer) for m in reconstruction.modules() if isinstance(m, MultiHeadAttention) for layer in m.in_projections
+    }
+    linears = [m for m in reconstruction.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(in_projections) == 3 * 12  # 4 encoder self-attentions, 2 x 4 decoder attentions
+    for layer in linears:
+        fan_out, fan_in = layer.weight.shape
+        if id(layer) in in_projections:
+            bound = (6 / (fan_in + 3 * fan_out)) ** 0.5  # packed (3d, d)
+        else:
+            bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert layer.weight.abs().max() <= bound + 1e-6
+        assert layer.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)  # U(-b, b): std b / sqrt(3)
+        assert torch.count_nonzero(layer.bias) == 0

@@ -57,9 +57,26 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
-        for layer in (self.q_proj, self.k_proj, self.v_proj):
-            nn.init.xavier_uniform_(layer.weight)
+        self.reset_parameters()
+
+    @property
+    def in_projections(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+        """The query, key and value projections (``nn.MultiheadAttention``'s packed ``in_proj``)."""
+        return self.q_proj, self.k_proj, self.v_proj
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """``nn.MultiheadAttention``'s initialisation, which the official UniAD and RLR code inherit.
+
+        Xavier-uniform on the packed 3d × d in-projection (bound √(6 / 4d), not the √(6 / 2d) of three separate
+        d × d matrices), zero in-projection and output biases, PyTorch's default for the output weight.
+        """
+        dim = self.q_proj.in_features
+        packed = nn.init.xavier_uniform_(torch.empty(3 * dim, dim))
+        for layer, weight in zip(self.in_projections, packed.chunk(3), strict=True):
+            layer.weight.copy_(weight)
             nn.init.zeros_(layer.bias)
+        self.out_proj.reset_parameters()
         nn.init.zeros_(self.out_proj.bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:

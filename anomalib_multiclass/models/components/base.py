@@ -27,7 +27,9 @@ from torch import nn
 if TYPE_CHECKING:
     from anomalib.data import Batch
     from anomalib.metrics import Evaluator
+    from anomalib.pre_processing import PreProcessor
     from anomalib.visualization import Visualizer
+    from lightning.pytorch import Callback
     from torchvision.transforms.v2 import Transform
 
 CATEGORY_NAMES_KEY = "anomalib_multiclass_category_names"
@@ -95,6 +97,26 @@ class MultiClassMixin:
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         names = getattr(datamodule, "category_names", None)
         return list(names) if names is not None else None
+
+    def configure_callbacks(self) -> list[Callback]:
+        """Anomalib's component callbacks, plus one plain line per epoch where no progress bar is seen."""
+        from anomalib_multiclass.models.components.progress import epoch_progress_callbacks
+
+        callbacks = list(super().configure_callbacks())  # type: ignore[misc]
+        callbacks += epoch_progress_callbacks(getattr(self, "_trainer", None))
+        return callbacks
+
+    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize to the model's input size, normalise as its backbone's pretrained weights expect.
+
+        The mean and std come from timm's pretrained config of ``backbone`` (ImageNet statistics for the papers'
+        weights, 0.5 / 0.5 for TensorFlow-ported ones such as EfficientNet-Lite0); pass a ``pre_processor`` (e.g.
+        ``backbone_pre_processor(backbone, size, mean=..., std=...)``) to override them.
+        """
+        from anomalib_multiclass.models.components.training import backbone_pre_processor
+
+        size = image_size or getattr(self, "model_input_size", None) or (256, 256)
+        return backbone_pre_processor(getattr(self, "backbone_name", ""), size)
 
     @staticmethod
     def configure_evaluator() -> Evaluator:

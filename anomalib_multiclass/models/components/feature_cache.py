@@ -49,6 +49,11 @@ class FrozenFeatureCache:
         """Bytes held."""
         return self._bytes
 
+    @property
+    def is_full(self) -> bool:
+        """Whether the memory bound was reached (some images' features are then recomputed every epoch)."""
+        return self._warned
+
     def clear(self) -> None:
         """Drop every cached feature."""
         self._store.clear()

@@ -12,6 +12,7 @@ from anomalib_multiclass.models.components.transformer import (
     LearnedPositionEmbedding,
     TransformerDecoderLayer,
     TransformerEncoderLayer,
+    xavier_init_linears,
 )
 
 
@@ -82,9 +83,7 @@ class ReconstructionTransformer(nn.Module):
         # True = may attend: everything outside the token's k × k neighbourhood (itself included).
         allowed = ~neighbor_mask(height, width, neighbor_size) if neighbor_size else torch.ones(tokens, tokens).bool()
         self.register_buffer("allowed", allowed, persistent=False)
-        for parameter in (*self.input_proj.parameters(), *self.output_proj.parameters()):
-            if parameter.dim() > 1:
-                nn.init.xavier_uniform_(parameter)
+        xavier_init_linears(self)  # the official code's initializer
 
     def _mask(self, where: str) -> torch.Tensor | None:
         return self.allowed if where in self.neighbor_mask_in else None

@@ -19,10 +19,43 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def imagenet_pre_processor(size: Sequence[int]) -> PreProcessor:
-    """Resize to ``size`` and normalise with ImageNet statistics (no augmentation)."""
+def backbone_normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The input mean and std the backbone's pretrained weights expect (timm's ``pretrained_cfg``).
+
+    ImageNet statistics for most weights (the papers' EfficientNet-b4/b6 AutoAugment, ResNets), 0.5 / 0.5 for
+    TensorFlow-ported ones such as ``tf_efficientnet_lite0.in1k``. A name timm does not know falls back to
+    ImageNet statistics, with a log line.
+    """
+    import timm
+
+    try:
+        config = timm.models.get_pretrained_cfg(backbone)
+    except (RuntimeError, ValueError):  # not a timm name
+        config = None
+    if config is None or not config.mean or not config.std:
+        logger.info(
+            "No pretrained config for backbone %r in timm: inputs normalised with ImageNet statistics.", backbone
+        )
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(config.mean), tuple(config.std)
+
+
+def backbone_pre_processor(
+    backbone: str,
+    image_size: Sequence[int],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> PreProcessor:
+    """Resize to ``image_size`` and normalise as the backbone's weights expect (no augmentation).
+
+    ``mean``/``std`` override the backbone's statistics (e.g. weights fine-tuned with other statistics); pass
+    the result as a model's ``pre_processor``.
+    """
+    default_mean, default_std = backbone_normalization(backbone)
+    mean = tuple(mean) if mean is not None else default_mean
+    std = tuple(std) if std is not None else default_std
     return PreProcessor(
-        transform=Compose([Resize(tuple(size), antialias=True), Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        transform=Compose([Resize(tuple(int(s) for s in image_size), antialias=True), Normalize(mean, std)])
     )
 
 

@@ -8,6 +8,22 @@ from torch import nn
 from anomalib_multiclass.models.components.attention import MultiHeadAttention
 
 
+@torch.no_grad()
+def xavier_init_linears(module: nn.Module) -> None:
+    """The official UniAD initialisation of a reconstruction network (``initializer: xavier_uniform``).
+
+    Every ``nn.Linear`` (input/output projections, attention outputs, FFNs) gets a xavier-uniform weight and a
+    zero bias; the attention in-projections keep ``nn.MultiheadAttention``'s packed xavier initialisation, which
+    the official code never re-initialises (its packed ``in_proj_weight`` is a parameter, not a ``Linear``).
+    """
+    packed = {id(layer) for m in module.modules() if isinstance(m, MultiHeadAttention) for layer in m.in_projections}
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear) and id(layer) not in packed:
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 class FeedForward(nn.Module):
     """Linear -> ReLU -> dropout -> Linear, as in DETR/UniAD layers."""
 

@@ -10,7 +10,6 @@ import torch
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
@@ -30,7 +29,6 @@ from torchvision.transforms.v2 import (
 )
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
-from anomalib_multiclass.models.components.training import imagenet_pre_processor
 from anomalib_multiclass.models.lgc.loss import LGCLoss
 from anomalib_multiclass.models.lgc.torch_model import CODE_NOISE_PROB, LGCModel, kmeans
 
@@ -79,18 +77,31 @@ class LGC(MultiClassMixin, AnomalibModule):
     pseudo-labels when the data has none; inference needs neither labels nor the second view.
 
     Args:
-        backbone, layers, pre_trained, input_size, sigma, feature_noise, feature_noise_prob: see :class:`LGCModel`.
-        contrastive: ``False`` trains plain RD (+ projector) on all classes jointly (the paper's "Joint").
-        local_weight, global_weight: λ1, λ2 (1.0, 1.0).
-        temperature: τ of both contrastive losses (0.1).
-        local_window: Matching window k of the local loss (``None`` = whole map; 3; 1).
-        pseudo_labels: Use k-means pseudo-labels even when the data has categories (paper, Table 2).
-        num_clusters: K of the pseudo-labels (paper: 30 best of 15/30/60).
-        lr_projector: Adam learning rate of φ_p (1e-3).
-        lr: Adam learning rate of bottleneck and decoder (5e-3).
+        backbone: timm name of the frozen encoder, a ResNet for which anomalib has an RD decoder (``wide_resnet50_2``).
+        layers: Encoder stages distilled by the decoder (RD: ``layer1 layer2 layer3``).
+        pre_trained: Load the encoder's ImageNet weights through timm (downloaded once, then cached).
+        input_size: Image size (height, width) in pixels; a multiple of 32.
+        sigma: Sigma in pixels of the Gaussian smoothing of the anomaly map (4).
+        feature_noise: Add the official code's training noise to the projected features (not in the paper).
+        feature_noise_prob: Probability that a training batch gets that noise (code: P(N(0, 1) > 0.5) = 0.31).
+        contrastive: Train with the local and global contrastive losses; false: plain RD + projector on all classes
+            jointly (the paper's "Joint" baseline).
+        local_weight: Weight lambda_1 of the local contrastive loss (1.0).
+        global_weight: Weight lambda_2 of the global (supervised) contrastive loss (1.0).
+        temperature: Temperature tau of both contrastive losses (0.1).
+        local_window: Side of the window in which the local loss matches positions between views; null: whole map
+            (the paper); 3; 1 (same position).
+        pseudo_labels: Use k-means pseudo-labels instead of the categories even when the data has them (Table 2).
+        num_clusters: Number K of k-means pseudo-label clusters (paper: 30, best of 15/30/60).
+        lr_projector: Adam learning rate of the projector phi_p (1e-3).
+        lr: Adam learning rate of the bottleneck and the decoder (5e-3).
         betas: Adam betas (official code: 0.5, 0.999).
-        gradient_clip_val: Gradient-norm clipping (5.0, passed to the trainer).
-        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = defaults).
+        gradient_clip_val: Maximum gradient norm, passed to the trainer (5.0).
+        pre_processor: true: resize to ``input_size`` and normalise with the mean/std of the backbone's weights
+            (timm's config); false: none; or a PreProcessor.
+        post_processor: true: per-category thresholds and normalisation learnt on validation; false: none; or a module.
+        evaluator: true: per-category test metrics (image/pixel AUROC, AP, F1-max, AUPRO); false: none; or an Evaluator.
+        visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
     """
 
     def __init__(
@@ -119,6 +130,7 @@ class LGC(MultiClassMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         self.model_input_size = tuple(int(s) for s in input_size)
+        self.backbone_name = backbone
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -149,10 +161,6 @@ class LGC(MultiClassMixin, AnomalibModule):
         self.betas = tuple(float(b) for b in betas)
         self.gradient_clip_val = gradient_clip_val
         self._pseudo_label_of: dict[str, int] | None = None
-
-    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to the input size and normalise with ImageNet statistics (the code's clean view)."""
-        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (256, 256)))
 
     @property
     def train_view_transform(self) -> Transform | None:

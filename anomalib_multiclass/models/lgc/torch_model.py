@@ -91,7 +91,8 @@ class LGCModel(nn.Module):
             deepest map once more): 32 for ResNet layer1-3 or Lite0 stages 1-3.
         sigma: Gaussian smoothing of the anomaly map (RD: 4; kernel 2·int(4σ + 0.5) + 1 = 33).
         feature_noise: Training-only noise on the projected clean-view features (official code, not in the
-            paper); ``feature_noise_prob`` is its per-batch probability (code: P(N(0,1) > 0.5) ≈ 0.31).
+            paper): N(0, 1) on a random half of the positions.
+        feature_noise_prob: Probability that a training batch gets the noise (code: P(N(0,1) > 0.5) ≈ 0.31).
     """
 
     def __init__(

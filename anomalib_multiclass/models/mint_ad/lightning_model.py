@@ -9,7 +9,6 @@ import torch
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
@@ -19,7 +18,6 @@ from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCac
 from anomalib_multiclass.models.components.training import (
     FeatureCacheMixin,
     adamw_with_step_decay,
-    imagenet_pre_processor,
 )
 from anomalib_multiclass.models.mint_ad.loss import MintADLoss
 from anomalib_multiclass.models.mint_ad.torch_model import MintADModel
@@ -32,16 +30,42 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
     not: the class token comes from the image, and the predicted class is output as ``pred_class``.
 
     Args:
-        num_classes: Number of categories; ``None`` takes it from the datamodule's categories at fit time
+        num_classes: Number of categories the classifier predicts; null takes it from the datamodule at fit time
             (or from the checkpoint).
-        backbone, layers, pre_trained, input_size, hidden_dim, num_heads, ffn_dim, num_encoder_layers,
-            num_decoder_layers, dropout, jitter_scale, jitter_prob, token_dim, inr_layers, omega, pool_size,
-            prompt: see :class:`MintADModel`.
-        ce_weight: Weight of the classification loss (1.0).
-        prior_weight: Weight of the prior loss (0.1).
-        lr, weight_decay, lr_step_epochs, lr_gamma, gradient_clip_val: AdamW recipe (the paper follows UniAD).
-        cache_features, feature_cache_max_bytes: frozen-feature cache (see ``UniAD``).
-        pre_processor, post_processor, evaluator, visualizer: anomalib components.
+        backbone: timm name of the frozen backbone (as UniAD: EfficientNet-b4, ``tf_efficientnet_b4.aa_in1k``).
+        layers: timm out-indices of the backbone stages whose features are concatenated (stages 1-4: 0, 1, 2, 3).
+        pre_trained: Load the backbone's ImageNet weights through timm (downloaded once, then cached).
+        input_size: Image size (height, width) in pixels the model runs at; a multiple of the backbone stride (16).
+        hidden_dim: Width of the reconstruction transformer and of the INR query map (256).
+        num_heads: Attention heads in every transformer layer (8).
+        ffn_dim: Hidden width of the transformer's feed-forward blocks (1024).
+        num_encoder_layers: Number of transformer encoder layers (4).
+        num_decoder_layers: Number of transformer decoder layers (4).
+        dropout: Dropout probability inside the transformer (0.1).
+        jitter_scale: Feature-jitter scale alpha: training noise of std alpha x token norm / channels (20); 0 is off.
+        jitter_prob: Probability that a training batch is jittered (1.0).
+        token_dim: Size of the class token t_c that conditions the INR queries (32).
+        inr_layers: Depth of the class-aware INR's synthesis and modulation networks (5).
+        omega: Frequency omega_0 of the INR's sine layers (30; the paper does not give it).
+        pool_size: Side in pixels of the average pooling of the anomaly map before the image score's maximum;
+            1 takes the plain maximum (the paper).
+        prompt: ``feature``: the class token comes from the image (paper, no label at inference); ``label``: a
+            learnt token of the true class, which must then be given in training and inference.
+        ce_weight: Weight of the classification cross-entropy in the loss (1.0).
+        prior_weight: Weight of the prior (Gaussian negative log-likelihood) loss (0.1).
+        lr: AdamW learning rate (1e-4, as UniAD).
+        weight_decay: AdamW weight decay (1e-4).
+        lr_step_epochs: The learning rate is multiplied by ``lr_gamma`` every this many epochs (800).
+        lr_gamma: Factor of the step learning-rate decay (0.1).
+        gradient_clip_val: Maximum gradient norm, passed to the trainer (0.1).
+        cache_features: Keep each training image's frozen features after the first epoch and skip the backbone
+            later (same training, much faster; turned off when the datamodule sets training augmentations).
+        feature_cache_max_bytes: Memory bound of the feature cache, in bytes of CPU memory (8 GiB).
+        pre_processor: true: resize to ``input_size`` and normalise with the mean/std of the backbone's weights
+            (timm's config); false: none; or a PreProcessor.
+        post_processor: true: per-category thresholds and normalisation learnt on validation; false: none; or a module.
+        evaluator: true: per-category test metrics (image/pixel AUROC, AP, F1-max, AUPRO); false: none; or an Evaluator.
+        visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
     """
 
     def __init__(
@@ -79,6 +103,7 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         self.model_input_size = tuple(int(s) for s in input_size)
+        self.backbone_name = backbone
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -129,10 +154,6 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         super().on_load_checkpoint(checkpoint)
         head = checkpoint.get("state_dict", {}).get("model.prompt_mapper.head.weight")
         self._build(len(self.category_names) if self.category_names else head.shape[0] if head is not None else 1)
-
-    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize and ImageNet normalisation, no augmentation (as UniAD)."""
-        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (224, 224)))
 
     def _classes(self, batch: Batch) -> torch.Tensor | None:
         classes = getattr(batch, "class_index", None)

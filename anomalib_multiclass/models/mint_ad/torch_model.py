@@ -132,11 +132,22 @@ class DistributionDecoder(nn.Module):
 class MintADModel(nn.Module):
     """MINT-AD: UniAD's reconstruction transformer with class-aware INR queries, a classifier and a prior.
 
+    Unlike UniAD there is no neighbour mask and no layer-wise learned query: the paper drops both.
+
     Args:
         num_classes: Number of categories (classifier outputs).
-        backbone, layers, pre_trained, input_size, hidden_dim, num_heads, ffn_dim, num_encoder_layers,
-            num_decoder_layers, dropout, jitter_scale, jitter_prob: as UniAD (no neighbour mask, no
-            layer-wise query: the paper drops both).
+        backbone: timm backbone name (frozen; as UniAD ``tf_efficientnet_b4.aa_in1k``).
+        layers: timm out-indices of the stages (EfficientNet stages 1-4 = ``(0, 1, 2, 3)``).
+        pre_trained: ImageNet weights for the backbone.
+        input_size: Image size the model runs at; fixes the token grid.
+        hidden_dim: Transformer width, also the width of the INR's query map (256).
+        num_heads: Attention heads (8).
+        ffn_dim: Feed-forward width (1024).
+        num_encoder_layers: Encoder depth (4).
+        num_decoder_layers: Decoder depth (4).
+        dropout: Dropout (0.1).
+        jitter_scale: Feature-jitter α (20); 0 disables it.
+        jitter_prob: Probability of jittering a batch (1.0).
         token_dim: Size of the class token t_c (32).
         inr_layers: Synthesis/modulation depth of the INR (5).
         omega: SIREN frequency ω₀ (30; not given by the paper).

@@ -10,14 +10,13 @@ from typing import Any
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn, optim
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
-from anomalib_multiclass.models.components.training import FeatureCacheMixin, imagenet_pre_processor
+from anomalib_multiclass.models.components.training import FeatureCacheMixin
 from anomalib_multiclass.models.omni_ad.loss import OmniADLoss
 from anomalib_multiclass.models.omni_ad.torch_model import OmniADModel
 
@@ -33,18 +32,37 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
     of the training iterations, gradient clipping 5.0 (set ``max_epochs: 500`` and batch 16 on the trainer/data).
 
     Args:
-        backbone, layers, pre_trained, input_size, dims, depths, num_tokens, num_heads, jitter_scale, jitter_prob,
-            blur_sigma, official_code_behaviour, double_input_residual: see :class:`OmniADModel`.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay, applied to parameters with two or more dimensions only.
+        backbone: timm name of the frozen teacher CNN (paper: ResNet-34, ``resnet34.bt_in1k``).
+        layers: The three teacher stages that are reconstructed, shallowest first, at strides s, 2s, 4s
+            (ResNet: ``layer1 layer2 layer3``; EfficientNet: out-indices 1, 2, 3).
+        pre_trained: Load the teacher's ImageNet weights through timm (downloaded once, then cached).
+        input_size: Image size (height, width) in pixels; a multiple of 8 x the first stage's stride (32 for ResNets).
+        dims: Widths of the four decoder stages; null derives (2 C3, C3, C2, C1) from the teacher (512, 256, 128, 64).
+        depths: Omni-blocks in each of the four decoder stages (3, 9, 9, 7).
+        num_tokens: Learnable tokens T per Omni-block, a perfect square (64).
+        num_heads: Attention heads in every Omni-block (8).
+        jitter_scale: Feature-jitter scale alpha on the neck output in training (20); 0 is off.
+        jitter_prob: Probability that a training batch is jittered (1.0).
+        blur_sigma: Sigma in pixels of the Gaussian smoothing of the anomaly map (4; 33-tap kernel).
+        official_code_behaviour: Reproduce the released code (zero-initialised tokens, untrained random output
+            maps); false: trained output maps and trunc-normal tokens.
+        double_input_residual: Add the block input twice to the global branch, as the released code does;
+            false: once, as the paper writes.
+        lr: AdamW learning rate (1e-3).
+        weight_decay: AdamW weight decay, on parameters with two or more dimensions only (1e-4).
         lr_step_fraction: Fraction of the training iterations after which the learning rate is multiplied by
-            ``lr_gamma`` (0.8; computed from ``trainer.estimated_stepping_batches``).
-        lr_gamma: Learning-rate decay factor.
-        gradient_clip_val: Global gradient-norm clipping (passed to the trainer).
-        cache_features: Train from cached teacher maps after the first epoch when the training data is not randomly
-            augmented (exactly equivalent: the jitter is drawn after the neck).
-        feature_cache_max_bytes: Memory bound of the cache (CPU memory; 1.75 MiB per image for ResNet-34 at 256 px).
-        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = defaults).
+            ``lr_gamma`` (0.8; needs a bounded run, from ``trainer.estimated_stepping_batches``).
+        lr_gamma: Factor of the step learning-rate decay (0.1).
+        gradient_clip_val: Maximum global gradient norm, passed to the trainer (5.0).
+        cache_features: Keep each training image's teacher maps after the first epoch and skip the teacher later
+            (same training, much faster; turned off when the datamodule sets training augmentations).
+        feature_cache_max_bytes: Memory bound of the feature cache, in bytes of CPU memory (8 GiB; 1.75 MiB per image
+            for ResNet-34 at 256 px).
+        pre_processor: true: resize to ``input_size`` and normalise with the mean/std of the backbone's weights
+            (timm's config); false: none; or a PreProcessor.
+        post_processor: true: per-category thresholds and normalisation learnt on validation; false: none; or a module.
+        evaluator: true: per-category test metrics (image/pixel AUROC, AP, F1-max, AUPRO); false: none; or an Evaluator.
+        visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
     """
 
     def __init__(
@@ -75,6 +93,7 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         self.model_input_size = tuple(int(s) for s in input_size)
+        self.backbone_name = backbone
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -103,10 +122,6 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         self.lr_gamma = lr_gamma
         self.gradient_clip_val = gradient_clip_val
         self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
-
-    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to the model's input size and normalise with ImageNet statistics (no augmentation, as released)."""
-        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (256, 256)))
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruct the teacher maps from the jittered neck output; Σ MSE over the three scales."""

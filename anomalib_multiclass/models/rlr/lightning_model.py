@@ -8,14 +8,13 @@ from typing import Any
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn, optim
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
-from anomalib_multiclass.models.components.training import FeatureCacheMixin, imagenet_pre_processor
+from anomalib_multiclass.models.components.training import FeatureCacheMixin
 from anomalib_multiclass.models.rlr.loss import RLRLoss
 from anomalib_multiclass.models.rlr.torch_model import RLRModel
 
@@ -29,13 +28,29 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
     summed over levels, Adam lr 1e-4, no schedule; set ``max_epochs: 200`` and batch 4 (the official command).
 
     Args:
-        backbone, layers, pre_trained, input_size, hidden_dims, windows, num_blocks, num_heads, lca_weight,
-            pool_size, jitter_scale, jitter_prob, blur_sigma, dense_attention: see :class:`RLRModel`.
-        lr: Adam learning rate.
-        cache_features: Train from cached pooled features after the first epoch when the training data is
-            not randomly augmented (exactly equivalent: the perturbation is drawn after the cache).
-        feature_cache_max_bytes: Memory bound of the cache (CPU memory).
-        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = defaults).
+        backbone: timm name of the frozen backbone (paper: EfficientNet-B6, ``tf_efficientnet_b6.aa_in1k``).
+        layers: timm out-indices of the feature levels, each reconstructed by its own network (stages 1-3: 1, 2, 3).
+        pre_trained: Load the backbone's ImageNet weights through timm (downloaded once, then cached).
+        input_size: Image size (height, width) in pixels; a multiple of the deepest level's stride (16).
+        hidden_dims: Width of each level's reconstruction network, one per level (128, 256, 512).
+        windows: Side k of each level's local attention window, odd, one per level (11, 7, 5).
+        num_blocks: Reconstruction blocks K per level, sharing the level's learnt reference (4).
+        num_heads: Attention heads in every block (8).
+        lca_weight: Weight alpha of the local cross attention against the masked learnable-key attention (2).
+        pool_size: Side of the average pooling of every level's features, input and target alike (3).
+        jitter_scale: Training-only perturbation of the tokens, std alpha x token norm / channels (4); 0 is off.
+        jitter_prob: Probability that a training batch is perturbed (1.0).
+        blur_sigma: Sigma in pixels of the Gaussian blur of the anomaly map before the image score's maximum (4).
+        dense_attention: Compute attention in the textbook N x N form (same result, more memory; for comparisons).
+        lr: Adam learning rate (1e-4; no weight decay, no schedule).
+        cache_features: Keep each training image's pooled frozen features after the first epoch and skip the
+            backbone later (same training, much faster; turned off when the datamodule sets training augmentations).
+        feature_cache_max_bytes: Memory bound of the feature cache, in bytes of CPU memory (8 GiB).
+        pre_processor: true: resize to ``input_size`` and normalise with the mean/std of the backbone's weights
+            (timm's config); false: none; or a PreProcessor.
+        post_processor: true: per-category thresholds and normalisation learnt on validation; false: none; or a module.
+        evaluator: true: per-category test metrics (image/pixel AUROC, AP, F1-max, AUPRO); false: none; or an Evaluator.
+        visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
     """
 
     def __init__(
@@ -63,6 +78,7 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         self.model_input_size = tuple(int(s) for s in input_size)
+        self.backbone_name = backbone
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -88,10 +104,6 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         self.loss = RLRLoss()
         self.lr = lr
         self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
-
-    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to the model's input size and normalise with ImageNet statistics (no augmentation)."""
-        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (256, 256)))
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruct every level from its perturbed tokens; one summed loss, one optimiser step."""

@@ -8,7 +8,6 @@ from typing import Any
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
@@ -18,7 +17,6 @@ from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCac
 from anomalib_multiclass.models.components.training import (
     FeatureCacheMixin,
     adamw_with_step_decay,
-    imagenet_pre_processor,
 )
 from anomalib_multiclass.models.uniad.loss import UniADLoss
 from anomalib_multiclass.models.uniad.torch_model import UniADModel
@@ -33,18 +31,37 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
     gradient clipping 0.1 (set ``max_epochs: 1000`` on the trainer).
 
     Args:
-        backbone, layers, pre_trained, input_size, hidden_dim, num_heads, ffn_dim, num_encoder_layers,
-            num_decoder_layers, dropout, neighbor_size, neighbor_mask_in, layerwise_query, jitter_scale,
-            jitter_prob, pool_size: see :class:`UniADModel`.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        lr_step_epochs: Epoch at which the learning rate is multiplied by ``lr_gamma``.
-        lr_gamma: Learning-rate decay factor.
-        gradient_clip_val: Gradient-norm clipping (passed to the trainer).
-        cache_features: Train from cached frozen features after the first epoch when the training data is
-            not randomly augmented (exactly equivalent, much faster); recomputed otherwise.
-        feature_cache_max_bytes: Memory bound of the cache (CPU memory).
-        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = defaults).
+        backbone: timm name of the frozen backbone (paper: EfficientNet-b4, ``tf_efficientnet_b4.aa_in1k``).
+        layers: timm out-indices of the backbone stages whose features are concatenated (stages 1-4: 0, 1, 2, 3).
+        pre_trained: Load the backbone's ImageNet weights through timm (downloaded once, then cached).
+        input_size: Image size (height, width) in pixels the model runs at; a multiple of the backbone stride (16).
+        hidden_dim: Width of the reconstruction transformer (256).
+        num_heads: Attention heads in every transformer layer (8).
+        ffn_dim: Hidden width of the transformer's feed-forward blocks (1024).
+        num_encoder_layers: Number of transformer encoder layers (4).
+        num_decoder_layers: Number of transformer decoder layers (4).
+        dropout: Dropout probability inside the transformer (0.1).
+        neighbor_size: Side k of the k x k neighbourhood a token may not attend to (7); null or 0 turns the mask off.
+        neighbor_mask_in: The attentions that use the neighbour mask, any of ``encoder``, ``decoder_memory`` and
+            ``decoder_previous`` (paper: all three).
+        layerwise_query: Give every decoder layer its own learned query (paper); false: the layers share one.
+        jitter_scale: Feature-jitter scale alpha: training noise of std alpha x token norm / channels (20); 0 is off.
+        jitter_prob: Probability that a training batch is jittered (1.0).
+        pool_size: Side in pixels of the average pooling of the anomaly map before the image score's maximum (16);
+            1 takes the plain maximum.
+        lr: AdamW learning rate (1e-4).
+        weight_decay: AdamW weight decay (1e-4).
+        lr_step_epochs: The learning rate is multiplied by ``lr_gamma`` every this many epochs (800).
+        lr_gamma: Factor of the step learning-rate decay (0.1).
+        gradient_clip_val: Maximum gradient norm, passed to the trainer (0.1).
+        cache_features: Keep each training image's frozen features after the first epoch and skip the backbone
+            later (same training, much faster; turned off when the datamodule sets training augmentations).
+        feature_cache_max_bytes: Memory bound of the feature cache, in bytes of CPU memory (8 GiB).
+        pre_processor: true: resize to ``input_size`` and normalise with the mean/std of the backbone's weights
+            (timm's config); false: none; or a PreProcessor.
+        post_processor: true: per-category thresholds and normalisation learnt on validation; false: none; or a module.
+        evaluator: true: per-category test metrics (image/pixel AUROC, AP, F1-max, AUPRO); false: none; or an Evaluator.
+        visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
     """
 
     def __init__(
@@ -78,6 +95,7 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         self.model_input_size = tuple(int(s) for s in input_size)
+        self.backbone_name = backbone
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -109,10 +127,6 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         self.lr_gamma = lr_gamma
         self.gradient_clip_val = gradient_clip_val
         self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
-
-    def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to the model's input size and normalise with ImageNet statistics (UniAD, no augmentation)."""
-        return imagenet_pre_processor(image_size or getattr(self, "model_input_size", (224, 224)))
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruct the (jittered) frozen features; MSE to the clean ones."""

@@ -25,15 +25,23 @@ class UniADModel(nn.Module):
     """UniAD: frozen multi-stage features, jitter (training), reconstruction transformer, L2 anomaly map.
 
     Args:
-        backbone: timm backbone name (frozen).
+        backbone: timm backbone name (frozen; paper: ``tf_efficientnet_b4.aa_in1k``).
         layers: timm out-indices of the stages (EfficientNet stages 1-4 = ``(0, 1, 2, 3)``).
         pre_trained: ImageNet weights for the backbone.
         input_size: Image size the model runs at; fixes the token grid (positional embeddings, masks).
+        hidden_dim: Transformer width (256).
+        num_heads: Attention heads (8).
+        ffn_dim: Feed-forward width (1024).
+        num_encoder_layers: Encoder depth (4).
+        num_decoder_layers: Decoder depth (4).
+        dropout: Dropout (0.1).
+        neighbor_size: Side k of the masked k × k neighbourhood (7); ``None`` or 0 disables the mask.
+        neighbor_mask_in: Attentions the mask applies to (see :class:`ReconstructionTransformer`).
+        layerwise_query: One learned query per decoder layer (UniAD); if False the layers share one.
         jitter_scale: Feature-jitter α (20); 0 disables it.
         jitter_prob: Probability of jittering a batch (1.0).
         pool_size: Side of the average pooling applied to the full-size map before taking the image
             score's maximum (UniAD: 16); 1 uses the plain maximum.
-        Other arguments: :class:`ReconstructionTransformer`.
     """
 
     def __init__(
