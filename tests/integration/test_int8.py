@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomalib_multiclass.data import MultiClassFolder
 from anomalib_multiclass.deploy.quantize import (
+    anomaly_map_operations,
     calibration_images,
     category_sample_indices,
     compress_openvino_model,
@@ -56,15 +57,25 @@ def test_calibration_draws_the_same_share_of_every_category(synthetic_root):
     assert len(calibration_images(datamodule, images_per_category=4)) == 4 * len(datamodule.categories)
 
 
-def test_ptq_quantizes_a_graph_with_calibration_from_every_category(synthetic_root):
-    """A small conv net converted to OpenVINO: INT8 operations appear and the outputs keep their shape."""
+def _one_channel_input(op) -> bool:
+    shape = op.input(0).get_partial_shape()
+    return len(shape) == 4 and shape[1].is_static and shape[1].get_length() == 1
+
+
+def test_ptq_quantizes_a_graph_but_not_its_anomaly_map_head(synthetic_root):
+    """A small conv net with a one-channel smoothing head: INT8 in the body, the map's smoothing in floating point."""
     torch.manual_seed(0)
+    smoothing = torch.nn.Conv2d(1, 1, 5, padding=2, bias=False)  # stands for the anomaly map's Gaussian blur
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 1, 3, padding=1)
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 1, 3, padding=1), smoothing
     ).eval()
     model = openvino.convert_model(net, example_input=torch.rand(1, 3, 64, 64), input=[1, 3, 64, 64])
+    head = anomaly_map_operations(model)
+    assert any(op.get_type_name() == "Convolution" and op.get_friendly_name() in head for op in model.get_ops())
     quantized = quantize_ptq(model, _datamodule(synthetic_root), images_per_category=2)
-    assert "FakeQuantize" in {op.get_type_name() for op in quantized.get_ops()}
+    fake_quantize = [op for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize"]
+    assert fake_quantize  # the body is INT8
+    assert not any(_one_channel_input(op) for op in fake_quantize)  # nothing clips the one-channel map
     images = torch.rand(1, 3, 64, 64)
     output = next(iter(openvino.Core().compile_model(quantized, "CPU", FP32)(images.numpy()).values()))
     with torch.no_grad():
@@ -152,3 +163,73 @@ def test_int8_ptq_export_of_every_model(trained, synthetic_root, tmp_path):
     fp32_auroc = _mean_category_auroc(fp32_scores, labels, categories)
     int8_auroc = _mean_category_auroc(int8_scores, labels, categories)
     assert abs(int8_auroc - fp32_auroc) <= 0.1, (fp32_auroc, int8_auroc)
+
+
+@pytest.fixture(scope="module")
+def uniad(synthetic_root, pretrained_lite0, tmp_path_factory):
+    """A tiny UniAD on real Lite0 features, trained by the engine (which leaves a checkpoint)."""
+    from anomalib.engine import Engine
+
+    del pretrained_lite0
+    torch.manual_seed(0)
+    module = UniAD(**MODELS["UniAD"][1])
+    root = tmp_path_factory.mktemp("int8_uniad")
+    engine = Engine(max_epochs=2, accelerator="cpu", default_root_dir=root, logger=False, enable_progress_bar=False)
+    engine.fit(module, datamodule=_datamodule(synthetic_root))
+    return engine, module.eval(), next(root.rglob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_int8_acq_keeps_the_per_category_metric_within_max_drop(uniad, synthetic_root, tmp_path):
+    """Accuracy control (anomalib's INT8_ACQ) runs with NNCF 3 and judges the mean per-category image AUROC."""
+    from anomalib.deploy import CompressionType
+
+    engine, module, _ = uniad
+    path = engine.export(
+        module,
+        "openvino",
+        export_root=tmp_path / "acq",
+        input_size=(64, 64),
+        compression_type=CompressionType.INT8_ACQ,
+        datamodule=_datamodule(synthetic_root, calibration_images_per_category=4),
+        metric="AUROC",
+        max_drop=0.05,
+    )
+    assert (path.parent / "multiclass_metadata.json").exists()
+    fp32 = engine.export(module, "openvino", export_root=tmp_path / "fp32", input_size=(64, 64))
+    images, labels, categories = _test_set(synthetic_root)  # the validation set (same as test here)
+    fp32_auroc = _mean_category_auroc(_run(fp32, images, FP32)["pred_score"].ravel(), labels, categories)
+    acq_auroc = _mean_category_auroc(_run(path, images)["pred_score"].ravel(), labels, categories)
+    assert acq_auroc >= fp32_auroc - 0.05 - 1e-6, (fp32_auroc, acq_auroc)
+
+
+@pytest.mark.slow
+def test_cli_export_int8_ptq_with_a_calibration_share(uniad, synthetic_root, tmp_path):
+    from tests.integration.test_cli import _anomalib, _model_args
+
+    _, _, checkpoint = uniad
+    _anomalib(
+        "export",
+        *_model_args("UniAD", MODELS["UniAD"][1]),
+        "--export_type",
+        "openvino",
+        "--compression_type",
+        "INT8_PTQ",
+        "--data",
+        "MultiClassFolder",
+        "--data.root",
+        str(synthetic_root),
+        "--data.num_workers",
+        "0",
+        "--data.calibration_images_per_category",
+        "2",
+        "--ckpt_path",
+        str(checkpoint),
+        "--export_root",
+        str(tmp_path),
+        "--input_size",
+        "[64,64]",
+    )
+    xml = next(tmp_path.rglob("model.xml"))
+    assert "FakeQuantize" in {op.get_type_name() for op in openvino.Core().read_model(str(xml)).get_ops()}
+    assert (xml.parent / "multiclass_metadata.json").exists()
