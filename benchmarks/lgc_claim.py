@@ -110,7 +110,7 @@ def summary_rows(runs: dict[str, Any], seeds: list[int]) -> list[Row]:
                     "mean P-AUROC": statistics.fmean(values["mean P-AUROC"]),
                     "std P-AUROC": _spread(values["mean P-AUROC"]),
                 }
-                rows.append(Row(variant, f"{setting}, {len(ok)} seeds", cells))
+                rows.append(Row(variant, f"{setting}, {len(ok)} seed{'s' if len(ok) > 1 else ''}", cells))
         lgc, rd = per_variant.get("LGC", {}), per_variant.get("RD joint (contrastive off)", {})
         if lgc.get("mean I-AUROC") and len(lgc["mean I-AUROC"]) == len(rd.get("mean I-AUROC", [])):
             gaps = [a - b for a, b in zip(lgc["mean I-AUROC"], rd["mean I-AUROC"], strict=True)]
