@@ -157,12 +157,51 @@ def anomaly_map_operations(model: ov.Model) -> list[str]:
     return names
 
 
-def quantization_settings(model: ov.Model, ignored_scope: Any = None) -> dict[str, Any]:
+def _constant_names(op: Any, depth: int = 4) -> set[str]:
+    """Names of the constants feeding ``op`` (weights keep their parameter names through Convert/Reshape/...)."""
+    names: set[str] = set()
+    for index in range(op.get_input_size()):
+        node = op.input_value(index).get_node()
+        for _ in range(depth):
+            if node.get_type_name() == "Constant":
+                names |= {node.get_friendly_name(), *node.output(0).get_names()}
+                break
+            if node.get_input_size() != 1 and node.get_type_name() not in {"Multiply", "Subtract", "Reshape"}:
+                break
+            node = node.input_value(0).get_node()
+    return names
+
+
+def frozen_encoder_operations(model: ov.Model, frozen_parameters: Iterable[str]) -> list[str]:
+    """Names of the frozen encoder's operations: those whose weights are ``frozen_parameters``, and all upstream.
+
+    Export names the weight constants after the module's parameters. The frozen encoder runs first on the image,
+    so every operation upstream of one of its weighted operations (its depthwise convolutions, whose folded weights
+    lose their names, the input normalisation) belongs to it.
+    """
+    frozen = set(frozen_parameters)
+    stack = [op for op in model.get_ops() if _constant_names(op) & frozen]
+    seen: dict[str, Any] = {}
+    while stack:
+        op = stack.pop()
+        if op.get_friendly_name() in seen:
+            continue
+        seen[op.get_friendly_name()] = op
+        stack += [op.input_value(i).get_node() for i in range(op.get_input_size())]
+    return [name for name, op in seen.items() if op.get_type_name() not in {"Constant", "Parameter"}]
+
+
+def quantization_settings(
+    model: ov.Model, ignored_scope: Any = None, frozen_parameters: Iterable[str] | None = None
+) -> dict[str, Any]:
     """The ``nncf.quantize`` arguments used for every model of the package, and why.
 
     - ``model_type=TRANSFORMER`` for graphs with attention: softmax, layer norm and the attention matmul on
       activations stay in floating point (NNCF's transformer patterns);
     - the anomaly-map operations (:func:`anomaly_map_operations`) stay in floating point, plus ``ignored_scope``;
+    - with ``frozen_parameters``, the frozen encoder (:func:`frozen_encoder_operations`) stays in floating point:
+      its features are what the learned part reconstructs, and the anomaly score is the small residual between
+      the two, so 8-bit noise on the encoder's features lands directly in the score;
     - activations are quantized per tensor: NNCF otherwise puts per-channel quantizers in front of transposes
       in channels-last blocks (Omni-AD's), which OpenVINO's CPU plugin refuses to compile ("doesn't support non
       per-tensor quantization for axis: 2");
@@ -176,6 +215,8 @@ def quantization_settings(model: ov.Model, ignored_scope: Any = None) -> dict[st
     )
 
     names = anomaly_map_operations(model)
+    if frozen_parameters is not None:
+        names += frozen_encoder_operations(model, frozen_parameters)
     if ignored_scope is not None:
         names += list(ignored_scope.names)
         patterns, types, subgraphs = ignored_scope.patterns, ignored_scope.types, ignored_scope.subgraphs
@@ -198,6 +239,7 @@ def quantize_ptq(
     datamodule: AnomalibDataModule | None,
     images_per_category: int | None = None,
     ignored_scope: Any = None,
+    frozen_parameters: Iterable[str] | None = None,
     **nncf_kwargs: Any,
 ) -> ov.Model:
     """Post-training INT8 quantization with calibration images from every category.
@@ -208,12 +250,14 @@ def quantize_ptq(
         images_per_category: Calibration images per category (default: the datamodule's
             ``calibration_images_per_category``, else :data:`DEFAULT_IMAGES_PER_CATEGORY`).
         ignored_scope: ``nncf.IgnoredScope`` of further operations to keep in floating point.
+        frozen_parameters: Names of the exported module's frozen parameters: their encoder stays in floating
+            point (``None``: quantize it too).
         **nncf_kwargs: ``nncf.quantize`` arguments that replace :func:`quantization_settings`'s.
     """
     nncf = require_nncf()
     datamodule = _setup(datamodule, "INT8_PTQ")
     inputs = calibration_images(datamodule, images_per_category, _model_input_size(model))
-    settings = quantization_settings(model, ignored_scope) | nncf_kwargs
+    settings = quantization_settings(model, ignored_scope, frozen_parameters) | nncf_kwargs
     logger.info("INT8_PTQ: calibrating on %d images (every category).", len(inputs))
     return nncf.quantize(model, nncf.Dataset(inputs), subset_size=len(inputs), **settings)
 
@@ -298,6 +342,7 @@ def quantize_acq(
     max_drop: float = 0.01,
     images_per_category: int | None = None,
     ignored_scope: Any = None,
+    frozen_parameters: Iterable[str] | None = None,
     **nncf_kwargs: Any,
 ) -> ov.Model:
     """INT8 quantization with accuracy control, judged per category.
@@ -313,7 +358,7 @@ def quantize_acq(
     size = _model_input_size(model)
     inputs = calibration_images(datamodule, images_per_category, size)
     validation = _validation_items(datamodule, size)
-    settings = quantization_settings(model, ignored_scope)
+    settings = quantization_settings(model, ignored_scope, frozen_parameters)
     settings["advanced_quantization_parameters"] = settings.pop("advanced_parameters")
     settings |= nncf_kwargs
     logger.info("INT8_ACQ: calibrating on %d images, validating on %d.", len(inputs), len(validation))
@@ -335,8 +380,13 @@ def compress_openvino_model(
     metric: Metric | str | None = None,
     max_drop: float = 0.01,
     images_per_category: int | None = None,
+    frozen_parameters: Iterable[str] | None = None,
 ) -> ov.Model:
-    """What ``to_openvino`` runs for ``INT8`` (weights only), ``INT8_PTQ`` and ``INT8_ACQ``."""
+    """What ``to_openvino`` runs for ``INT8`` (weights only), ``INT8_PTQ`` and ``INT8_ACQ``.
+
+    ``frozen_parameters`` (INT8_PTQ, INT8_ACQ): the frozen encoder whose parameters these are stays in floating
+    point; ``None`` quantizes it too.
+    """
     compression_type = CompressionType(compression_type) if compression_type is not None else None
     if compression_type in {None, CompressionType.FP16}:
         return model
@@ -345,9 +395,11 @@ def compress_openvino_model(
     if compression_type == CompressionType.INT8:
         return require_nncf().compress_weights(model)
     if compression_type == CompressionType.INT8_PTQ:
-        return quantize_ptq(model, datamodule, images_per_category)
+        return quantize_ptq(model, datamodule, images_per_category, frozen_parameters=frozen_parameters)
     if compression_type == CompressionType.INT8_ACQ:
-        return quantize_acq(model, datamodule, metric, max_drop, images_per_category)
+        return quantize_acq(
+            model, datamodule, metric, max_drop, images_per_category, frozen_parameters=frozen_parameters
+        )
     msg = f"Unknown compression type {compression_type!r}: use one of {[c.name for c in CompressionType]}."
     raise ValueError(msg)
 

@@ -58,6 +58,9 @@ class MultiClassMixin:
     """Multi-class behaviour for an ``AnomalibModule`` (put it first in the bases)."""
 
     category_names: list[str] | None = None
+    # INT8 export (INT8_PTQ / INT8_ACQ) keeps the frozen encoder in floating point; True quantizes it too (faster,
+    # less accurate: its features are what the model reconstructs, see ``deploy/quantize.py``)
+    int8_quantize_encoder: bool = False
 
     @property
     def train_view_transform(self) -> Transform | None:
@@ -182,11 +185,18 @@ class MultiClassMixin:
         task: Any = None,
         max_drop: float = 0.01,
     ) -> Any:
-        """INT8 compression calibrated on images of every category (``anomalib_multiclass.deploy.quantize``)."""
+        """INT8 compression calibrated on images of every category (``anomalib_multiclass.deploy.quantize``).
+
+        The frozen encoder stays in floating point unless ``int8_quantize_encoder`` is set.
+        """
         del task
         from anomalib_multiclass.deploy.quantize import compress_openvino_model
 
-        return compress_openvino_model(model, compression_type, datamodule, metric=metric, max_drop=max_drop)
+        parameters = self.named_parameters()  # type: ignore[attr-defined]
+        frozen = None if self.int8_quantize_encoder else [name for name, p in parameters if not p.requires_grad]
+        return compress_openvino_model(
+            model, compression_type, datamodule, metric=metric, max_drop=max_drop, frozen_parameters=frozen
+        )
 
     def _sync_post_processor(self) -> None:
         resize = getattr(getattr(self, "post_processor", None), "set_num_classes", None)
