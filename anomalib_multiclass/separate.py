@@ -77,7 +77,7 @@ def train_separately(args: Sequence[str]) -> CategoryTable:
     directory = root / model_name / data_name / "separate"
     write_results(directory, table.results, metric_names, table.notes, table.counted)
     title = f"Separate mode: one {model_name} per category ({len(categories)} models)."
-    rank_zero_info(f"\n{title}\n{format_report(table.results, metric_names, table.notes)}\nWritten to {directory}\n")
+    print(f"\n{title}\n{format_report(table.results, metric_names, table.notes)}\nWritten to {directory}\n", flush=True)
     return table
 
 

@@ -10,7 +10,9 @@ concatenates them with a ``category`` column, and serves :class:`MultiClassImage
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
+import re
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +29,8 @@ from torchvision.transforms.v2 import Compose, Resize, Transform
 from anomalib_multiclass.data.dataset import MultiClassDataset, verify_images
 
 logger = logging.getLogger(__name__)
+
+RUN_FOLDER_MAX_LENGTH = 64
 
 
 class UnknownCategoryError(ValueError):
@@ -112,6 +116,12 @@ class MultiClassDataModule(AnomalibDataModule):
             val_split_ratio=val_split_ratio,
             seed=seed,
         )
+        if categories is not None and len(categories) == 0:
+            msg = (
+                f"{type(self).__name__}: `categories` is an empty list. Name at least one category, or leave "
+                "`categories` out (None) to use all of them."
+            )
+            raise ValueError(msg)
         self._requested_categories = list(categories) if categories is not None else None
         self._requested_names = list(category_names) if category_names is not None else None
         self.train_view_transform = train_view_transform
@@ -128,9 +138,10 @@ class MultiClassDataModule(AnomalibDataModule):
     def available_categories(self) -> list[str]:
         """All categories of the dataset (for folder datasets: the sub-folders found on disk)."""
 
-    @abstractmethod
     def category_datamodule(self, category: str) -> AnomalibDataModule:
         """Anomalib's single-category datamodule for ``category`` (its prepare/setup are reused)."""
+        msg = f"{self.name} reads its categories itself ({type(self).__name__}.read_category), not through anomalib."
+        raise NotImplementedError(msg)
 
     # --- categories ------------------------------------------------------------------------------
     @property
@@ -173,8 +184,8 @@ class MultiClassDataModule(AnomalibDataModule):
 
     @property
     def category(self) -> str:
-        """Anomalib reads ``datamodule.category`` for result paths: all categories joined."""
-        return "+".join(self.categories) if self._categories or self._requested_categories else "all"
+        """Anomalib reads ``datamodule.category`` for result paths: the categories' short run-folder name."""
+        return run_folder_name(self.categories) if self._categories or self._requested_categories else "all"
 
     @category.setter
     def category(self, category: str) -> None:
@@ -186,18 +197,21 @@ class MultiClassDataModule(AnomalibDataModule):
         for category in self.categories:
             self.category_datamodule(category).prepare_data()
 
+    def read_category(self, category: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Train and test sample tables of one category, from anomalib's parser for the dataset."""
+        datamodule = self.category_datamodule(category)
+        try:
+            datamodule._setup()
+        except (RuntimeError, ValueError, KeyError) as error:
+            msg = f"{self.name}: could not read category {category!r} with anomalib's parser: {error}"
+            raise EmptyCategoryError(msg) from error
+        return datamodule.train_data.samples.copy(), datamodule.test_data.samples.copy()
+
     def category_samples(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Train and test sample tables of all categories, with a ``category`` column."""
         train_frames, test_frames = [], []
         for category in self.categories:
-            datamodule = self.category_datamodule(category)
-            try:
-                datamodule._setup()
-            except (RuntimeError, ValueError, KeyError) as error:
-                msg = f"{self.name}: could not read category {category!r} with anomalib's parser: {error}"
-                raise EmptyCategoryError(msg) from error
-            train = datamodule.train_data.samples.copy()
-            test = datamodule.test_data.samples.copy()
+            train, test = self.read_category(category)
             train = train[train["split"] == Split.TRAIN.value] if "split" in train else train
             if len(train) == 0 or not (train["label_index"] == LabelName.NORMAL).any():
                 msg = (
@@ -304,6 +318,22 @@ def _flatten(transform: Transform | None) -> list[Transform]:
 def class_indices(names: Sequence[str], categories: Sequence[str]) -> torch.Tensor:
     """Class indices of ``categories`` under the order ``names``."""
     return torch.tensor([list(names).index(c) for c in categories], dtype=torch.long)
+
+
+def run_folder_name(categories: Sequence[str], max_length: int = RUN_FOLDER_MAX_LENGTH) -> str:
+    """A short, file-system-safe folder name for a run on ``categories``.
+
+    The names joined by ``+`` when that is short and plain (letters, digits, ``._-``); otherwise as much of it as
+    fits in ``max_length``, the number of categories and a short hash of the full list (so two lists never share
+    a folder, and 30 Real-IAD names or namespaced ``dataset/category`` names do not make an invalid path).
+    """
+    joined = "+".join(categories)
+    plain = re.sub(r"[^A-Za-z0-9._+-]", "_", joined)
+    if plain == joined and len(joined) <= max_length:
+        return joined
+    digest = hashlib.sha1("\n".join(categories).encode()).hexdigest()[:8]
+    suffix = f"-{len(categories)}cat-{digest}"
+    return plain[: max_length - len(suffix)].rstrip("+_.-") + suffix
 
 
 def resolve_root(root: str | Path | None, default: str) -> Path:

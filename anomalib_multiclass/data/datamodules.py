@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from anomalib.data.datasets.image.realiad import CATEGORIES as REALIAD_CATEGORIE
 from anomalib.data.datasets.image.visa import CATEGORIES as VISA_CATEGORIES
 
 from anomalib_multiclass.data.datamodule import EmptyCategoryError, MultiClassDataModule, resolve_root
-from anomalib_multiclass.data.dataset import MaskMismatchError
+from anomalib_multiclass.data.folder import IMAGE_EXTENSIONS, is_image, read_category_folder
+
+logger = logging.getLogger(__name__)
 
 _COMMON = ("train_batch_size", "eval_batch_size", "num_workers")
 
@@ -132,12 +135,14 @@ class MultiClassBTAD(_RootedMultiClassDataModule):
 
 
 class MultiClassFolder(_RootedMultiClassDataModule):
-    """Any folder with one MVTec-like tree per category.
+    """Any folder with one MVTec-like tree per category, in every image format anomalib's ``Folder`` reads.
 
     Layout: ``<root>/<category>/train/good/*``, ``<root>/<category>/test/good/*``,
     ``<root>/<category>/test/<defect>/*`` and, for pixel metrics, ``<root>/<category>/ground_truth/<defect>/*``
-    (mask names: the image name with ``_mask`` before the extension). Every sub-folder of ``root`` that has a
-    ``train`` folder is a category.
+    (mask names: the image stem with ``_mask``, any image extension). Images may be png, jpg/jpeg, bmp, tif/tiff,
+    ppm, pgm or webp, in any case. Every sub-folder of ``root`` that has a ``train`` folder is a category; the
+    others are skipped with a log line. Files that are not used (other formats, hidden files, stray masks) are
+    counted in a warning, and each is named when ``verify=True``; ``unused_files`` holds them all.
 
     Args:
         root: Folder holding one MVTec-like sub-folder per category; null: ``./datasets/folder``.
@@ -145,26 +150,72 @@ class MultiClassFolder(_RootedMultiClassDataModule):
 
     default_root = "folder"
 
+    def __init__(self, root: str | Path | None = None, **kwargs: Any) -> None:
+        super().__init__(root=root, **kwargs)
+        self._unused: dict[str, list[tuple[Path, str]]] = {}
+
+    @property
+    def unused_files(self) -> list[tuple[Path, str]]:
+        """Every file under the categories' folders that is not used, with the reason (after setup)."""
+        return [entry for category in sorted(self._unused) for entry in self._unused[category]]
+
     def available_categories(self) -> list[str]:
-        """Sub-folders of ``root`` that look like categories."""
+        """Sub-folders of ``root`` that look like categories (each one skipped is logged with the reason)."""
         if not self.root.is_dir():
             msg = f"Dataset root {self.root} does not exist. Pass the folder that holds one sub-folder per category."
             raise FileNotFoundError(msg)
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / "train").is_dir())
+        categories = []
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            if folder.name.startswith("."):
+                logger.info("%s: skipping hidden folder %s.", self.name, folder)
+            elif not (folder / "train").is_dir():
+                logger.warning(
+                    "%s: skipping folder %s: it has no train/ folder, so it is not a category "
+                    "(a category needs train/good with normal images).",
+                    self.name,
+                    folder,
+                )
+            else:
+                categories.append(folder.name)
+        return categories
 
-    def category_datamodule(self, category: str) -> AnomalibDataModule:
-        """The MVTec AD parser of anomalib on one category folder."""
-        folder = self.root / category
-        if not any(f.is_file() for f in (folder / "train" / "good").glob("*")):
-            msg = f"Category {category!r}: {folder / 'train' / 'good'} is missing or empty. Put normal images there."
+    def _check_train_folder(self, category: str) -> None:
+        train = self.root / category / "train" / "good"
+        if not any(is_image(f) for f in train.rglob("*")):
+            msg = (
+                f"Category {category!r}: {train} is missing or has no images ({', '.join(IMAGE_EXTENSIONS)}). "
+                "Put normal images there."
+            )
             raise EmptyCategoryError(msg)
-        _check_masks(folder)
-        return self._single(MVTecAD, category=category)
+
+    def read_category(self, category: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The category folder's images in every supported format; the files left out are reported."""
+        self._check_train_folder(category)
+        files = read_category_folder(self.root / category)
+        self._report_unused(category, files.unused)
+        return files.train, files.test
+
+    def _report_unused(self, category: str, unused: list[tuple[Path, str]]) -> None:
+        self._unused[category] = unused
+        if not unused:
+            return
+        if self.verify:
+            for path, reason in unused:
+                logger.warning("%s: not using %s: %s.", self.name, path, reason)
+        else:
+            logger.warning(
+                "%s: category %r: %d file(s) not used, e.g. %s (%s). Pass verify=True to list them all.",
+                self.name,
+                category,
+                len(unused),
+                unused[0][0],
+                unused[0][1],
+            )
 
     def prepare_data(self) -> None:
-        """A local folder has nothing to download; only check it."""
+        """A local folder has nothing to download; only check that every category has training images."""
         for category in self.categories:
-            self.category_datamodule(category)
+            self._check_train_folder(category)
 
 
 class MixedMultiClassDataModule(MultiClassDataModule):
@@ -226,19 +277,6 @@ class MixedMultiClassDataModule(MultiClassDataModule):
         """Each child prepares (downloads) its own data."""
         for datamodule in self.datamodules:
             datamodule.prepare_data()
-
-
-def _check_masks(folder: Path) -> None:
-    """Every defect image needs ``ground_truth/<defect>/<name>_mask.*`` once any ground truth exists."""
-    ground_truth = folder / "ground_truth"
-    if not ground_truth.is_dir():
-        return
-    for defect in sorted(p for p in (folder / "test").iterdir() if p.is_dir() and p.name != "good"):
-        for image in sorted(f for f in defect.iterdir() if f.is_file()):
-            if not any((ground_truth / defect.name).glob(f"{image.stem}_mask.*")):
-                expected = ground_truth / defect.name / f"{image.stem}_mask.png"
-                msg = f"Anomalous image {image} has no mask: expected {expected}. Add it or move the image out of test."
-                raise MaskMismatchError(msg)
 
 
 def _prefix(datamodule: MultiClassDataModule) -> str:

@@ -2,28 +2,74 @@
 
 Export writes ``multiclass_metadata.json`` next to the model file: the ordered category names the model was
 trained on and the per-category thresholds/normalisation of the class-aware post-processor. anomalib's
-inferencer builds its result from the model outputs by name and knows no ``pred_class``; this subclass keeps
-it (and its category name) and, for a model without a classifier, applies a given category's threshold.
+inferencer builds its result from the model outputs by name and refuses names it does not know, so the exported
+IR has anomalib's outputs only and keeps MINT-AD's ``pred_class`` as a named tensor inside the graph (listed in
+the metadata as ``hidden_outputs``). This subclass makes it an output again, returns it with its category name
+and, for a model without a classifier, applies a given category's threshold.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 import numpy as np
 import torch
-from anomalib.data import NumpyImageBatch
-from anomalib.deploy import OpenVINOInferencer
+from anomalib.data import InferenceBatch, NumpyImageBatch
+from anomalib.deploy import OpenVINOInferencer, TorchInferencer
+
+from anomalib_multiclass.data.dataclasses import MultiClassImageBatch
 
 METADATA_FILE = "multiclass_metadata.json"
+
+logger = logging.getLogger(__name__)
 
 
 def read_metadata(model_path: str | Path) -> dict[str, Any]:
     """The metadata written at export, from the folder of ``model_path`` (empty if there is none)."""
     path = Path(model_path).parent / METADATA_FILE
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def hide_extra_outputs(model_path: str | Path) -> list[str]:
+    """Turn the outputs of an OpenVINO IR that anomalib's ``InferenceBatch`` lacks into internal named tensors.
+
+    anomalib's ``OpenVINOInferencer`` passes every output to ``NumpyImageBatch(...)`` by name, which refuses unknown
+    fields (``pred_class``). An output the graph itself uses (MINT-AD's class selects the per-class threshold)
+    keeps its node and tensor name, so ``model.add_outputs(name)`` brings it back; one that nothing uses is
+    dropped with a log line. The IR is rewritten in place. Returns the hidden names.
+    """
+    import openvino as ov
+
+    model_path = Path(model_path)
+    model = ov.Core().read_model(model_path)
+    extra = [r for r in model.get_results() if not set(r.output(0).get_names()) & set(InferenceBatch._fields)]
+    if not extra:
+        return []
+    hidden: list[str] = []
+    for result in extra:
+        names = sorted(result.output(0).get_names())
+        used = any(target.get_node() != result for target in result.input_value(0).get_target_inputs())
+        model.remove_result(result)
+        if used:
+            hidden += names
+        else:
+            logger.warning(
+                "Exported model: output %s is not used by the rest of the graph and is dropped (anomalib's "
+                "OpenVINOInferencer cannot read extra outputs).",
+                names,
+            )
+    with TemporaryDirectory(dir=model_path.parent) as tmp:
+        rewritten = Path(tmp) / model_path.name
+        ov.save_model(model, rewritten, compress_to_fp16=False)
+        del model
+        for suffix in (".xml", ".bin"):
+            os.replace(rewritten.with_suffix(suffix), model_path.with_suffix(suffix))
+    return hidden
 
 
 class MultiClassOpenVINOInferencer(OpenVINOInferencer):
@@ -43,10 +89,34 @@ class MultiClassOpenVINOInferencer(OpenVINOInferencer):
         super().__init__(path=path, device=device, config=config)
         self.metadata = read_metadata(path)
         self.category_names: list[str] = self.metadata.get("category_names") or []
+        if category is not None and not self.category_names:
+            msg = (
+                f"Category {category!r} given, but {Path(path).parent / METADATA_FILE} (the category names and "
+                "thresholds written at export) is missing. Export the model with anomalib-multiclass and keep that "
+                "file next to it."
+            )
+            raise FileNotFoundError(msg)
         if category is not None and category not in self.category_names:
             msg = f"Category {category!r} was not seen in training. The model knows {self.category_names}."
             raise ValueError(msg)
         self.category = category
+
+    def load_model(self, path: str | Path | tuple[bytes, bytes]) -> tuple[Any, Any, Any]:
+        """Load as anomalib does, with the outputs hidden at export (``pred_class``) made outputs again."""
+        hidden = [] if isinstance(path, tuple) else read_metadata(path).get("hidden_outputs", [])
+        if not hidden:
+            return super().load_model(path)
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(Path(path).with_suffix(".xml"))
+        try:
+            model.add_outputs(hidden)
+        except RuntimeError as error:
+            msg = f"{path} has no tensor {hidden} although {METADATA_FILE} lists it. Export the model again."
+            raise ValueError(msg) from error
+        compiled = core.compile_model(model=model, device_name=self.device, config=self.config)
+        return compiled.input(0), compiled.output(0), compiled
 
     def predict(self, image: Any) -> NumpyImageBatch:
         """Run the model; keep ``pred_class`` (and its name) next to anomalib's fields."""
@@ -96,3 +166,24 @@ def _denormalize(values: np.ndarray, glob: dict[str, float], kind: str) -> np.nd
     if any(v is None or np.isnan(v) for v in (low, high, threshold)):
         return values
     return (values - 0.5) * (high - low) + threshold
+
+
+class MultiClassTorchInferencer(TorchInferencer):
+    """anomalib's ``TorchInferencer`` that keeps ``pred_class`` (MINT-AD) in a :class:`MultiClassImageBatch`.
+
+    The stock one builds an ``ImageBatch`` from every output and works for the models without a classifier.
+    """
+
+    def predict(self, image: Any) -> MultiClassImageBatch:
+        """Run the exported torch model on one image (path, array or tensor)."""
+        from anomalib.data.utils import read_image
+        from PIL.Image import Image as PILImage
+        from torchvision.transforms.v2.functional import to_dtype, to_image
+
+        if isinstance(image, (str, Path)):
+            image = read_image(image, as_tensor=True)
+        elif isinstance(image, (np.ndarray, PILImage)):
+            image = to_dtype(to_image(image), torch.float32, scale=True)
+        image = self.pre_process(image)
+        predictions = self.model(image)
+        return MultiClassImageBatch(image=image, **predictions._asdict())

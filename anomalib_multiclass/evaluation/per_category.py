@@ -30,7 +30,7 @@ from typing import Any
 
 from anomalib.metrics import Evaluator
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only
 
 from anomalib_multiclass.evaluation.protocol import (
     DEFAULT_METRICS,
@@ -205,8 +205,8 @@ class PerCategoryEvaluator(Evaluator):
 
     @rank_zero_only
     def _report(self, trainer: Trainer, names: list[str]) -> None:
-        # Lightning's logger (INFO, to the console by default): shown where Lightning's own messages are
-        rank_zero_info(f"\n{format_report(self.results, names, self.notes)}\n")
+        # the run's result, on stdout as Lightning's own results table (a log line would go to stderr)
+        print(f"\n{format_report(self.results, names, self.notes)}\n", flush=True)
         directory = self._directory(trainer)
         if directory is not None:
             self.write(directory)

@@ -235,13 +235,15 @@ class ClassAwarePostProcessor(PostProcessor):
         if self.enable_thresholding:
             pred_label = self._apply_threshold(pred_score, self.normalized_image_threshold)
             pred_mask = self._apply_threshold(anomaly_map, self.normalized_pixel_threshold)
-        return MultiClassInferenceBatch(
-            pred_score=pred_score,
-            pred_label=pred_label,
-            anomaly_map=anomaly_map,
-            pred_mask=pred_mask,
-            pred_class=classes,
-        )
+        fields = {
+            "pred_score": pred_score,
+            "pred_label": pred_label,
+            "anomaly_map": anomaly_map,
+            "pred_mask": pred_mask,
+        }
+        if classes is None:  # anomalib's own type: its TorchInferencer builds an ImageBatch from every field
+            return InferenceBatch(**fields)
+        return MultiClassInferenceBatch(**fields, pred_class=classes)
 
     def per_class_thresholds(self, category_names: list[str] | None = None) -> dict[str, dict[str, float]]:
         """The learnt raw (un-normalised) values per class, for export metadata and inspection."""

@@ -92,15 +92,64 @@ def test_openvino_parity_and_inferencer(trained_module, images, reference, tmp_p
     metadata = read_metadata(path)
     assert metadata["category_names"] == ["brick", "coffee", "grass"]
     assert set(metadata["thresholds"]) == {"brick", "coffee", "grass", "global"}
-    # anomalib's own inferencer runs models without extra outputs; ours (a subclass) runs every model
-    inferencer_cls = OpenVINOInferencer if reference.pred_class is None else MultiClassOpenVINOInferencer
-    inferencer = inferencer_cls(path=path, device="CPU", config=FP32)
-    prediction = inferencer.predict(images[0])
-    if reference.pred_class is not None:
-        assert prediction.category == [metadata["category_names"][int(reference.pred_class[0])]]
-    np.testing.assert_allclose(
-        np.asarray(prediction.anomaly_map).squeeze(), reference.anomaly_map[0].squeeze().numpy(), atol=1e-4
-    )
-    np.testing.assert_allclose(
-        np.asarray(prediction.pred_score).reshape(-1)[0], reference.pred_score[0].item(), atol=1e-4
-    )
+    # anomalib's own inferencer runs every model (issue 16: it crashed on MINT-AD's pred_class); ours keeps the class
+    stock = OpenVINOInferencer(path=path, device="CPU", config=FP32).predict(images[0])
+    ours = MultiClassOpenVINOInferencer(path=path, device="CPU", config=FP32).predict(images[0])
+    for prediction in (stock, ours):
+        np.testing.assert_allclose(
+            np.asarray(prediction.anomaly_map).squeeze(), reference.anomaly_map[0].squeeze().numpy(), atol=1e-4
+        )
+        np.testing.assert_allclose(
+            np.asarray(prediction.pred_score).reshape(-1)[0], reference.pred_score[0].item(), atol=1e-4
+        )
+    assert not hasattr(stock, "pred_class")
+    if getattr(reference, "pred_class", None) is not None:
+        assert metadata["hidden_outputs"] == ["pred_class"]
+        assert int(np.asarray(ours.pred_class).reshape(-1)[0]) == int(reference.pred_class[0])
+        assert ours.category == [metadata["category_names"][int(reference.pred_class[0])]]
+    else:
+        assert ours.pred_class is None
+
+    # the metadata is what our inferencer checks a category against: without it, a clear error
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for suffix in (".xml", ".bin"):
+        (bare / path.with_suffix(suffix).name).write_bytes(path.with_suffix(suffix).read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"multiclass_metadata\.json"):
+        MultiClassOpenVINOInferencer(path=bare / path.name, device="CPU", category="brick")
+    with pytest.raises(ValueError, match=r"'bottle' was not seen in training"):
+        MultiClassOpenVINOInferencer(path=path, device="CPU", category="bottle")
+
+
+def test_engine_predict_on_a_plain_folder_keeps_every_output(trained_module, images, tmp_path):
+    # issue 16, case 3: anomalib's PredictDataset gives plain ImageBatches whose update() dropped pred_class, so
+    # MINT-AD's per-class thresholds fell back to the global ones
+    from anomalib.engine import Engine
+    from PIL import Image
+
+    pixels = (images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "image.png")
+    with torch.no_grad():
+        eager = trained_module(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255)
+    engine = Engine(accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    (batch,) = engine.predict(trained_module, data_path=tmp_path / "image.png")
+    np.testing.assert_allclose(batch.pred_score.reshape(-1).numpy(), eager.pred_score.numpy(), atol=1e-5)
+    np.testing.assert_allclose(batch.anomaly_map.squeeze().numpy(), eager.anomaly_map.squeeze().numpy(), atol=1e-5)
+    assert torch.equal(batch.pred_label.reshape(-1), eager.pred_label.reshape(-1))
+    if getattr(eager, "pred_class", None) is not None:
+        assert torch.equal(batch.pred_class, eager.pred_class)
+
+
+def test_torch_export_runs_in_anomalib_s_torch_inferencer(trained_module, images, reference, tmp_path):
+    from anomalib.deploy import TorchInferencer
+
+    from anomalib_multiclass.deploy import MultiClassTorchInferencer
+
+    path = trained_module.to_torch(export_root=tmp_path)
+    has_class = getattr(reference, "pred_class", None) is not None
+    inferencers = [MultiClassTorchInferencer] + ([] if has_class else [TorchInferencer])
+    for inferencer in inferencers:  # the stock one knows no pred_class: MINT-AD needs ours
+        prediction = inferencer(path=path, device="cpu").predict(images[0])
+        torch.testing.assert_close(prediction.pred_score.reshape(-1), reference.pred_score[:1], atol=1e-5, rtol=0)
+    if has_class:
+        assert torch.equal(prediction.pred_class.reshape(-1), reference.pred_class[:1])

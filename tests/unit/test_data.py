@@ -1,5 +1,6 @@
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from anomalib_multiclass.data import (
     MultiClassFolder,
     MultiClassImageBatch,
     MultiClassMVTecAD,
+    MultiClassRealIAD,
     MultiClassVisA,
     UnknownCategoryError,
     check_category_names,
@@ -198,3 +200,105 @@ def test_category_map_mismatch_is_refused():
         check_category_names(["a", "b"], ["a", "c"])
     with pytest.raises(CategoryMismatchError, match="category_names"):
         check_category_names(["a", "b"], ["b", "a"])
+
+
+def _convert(path, suffix):
+    """Re-save an image in another format (JPEG for .jpg/.jpeg) and delete the original."""
+    target = path.with_suffix(suffix)
+    image = Image.open(path)
+    image.convert("RGB" if suffix.lower() in {".jpg", ".jpeg"} else image.mode).save(target)
+    path.unlink()
+    return target
+
+
+def test_folder_reads_every_format_anomalibs_folder_reads(synthetic_root, tmp_path, caplog):
+    # issue 16, case 2: a folder of JPEG photos lost all but its .png images, and JPEG defects crashed pandas
+    root = _copy(synthetic_root, tmp_path)
+    brick = root / "brick"
+    train = sorted((brick / "train" / "good").glob("*.png"))
+    for path, suffix in zip(train[1:], [".jpg", ".JPG", ".jpeg", ".bmp", ".tif", ".TIFF"], strict=False):
+        _convert(path, suffix)
+    for path in (brick / "test" / "good").glob("*.png"):
+        _convert(path, ".jpg")
+    defects = sorted((brick / "test").glob("[!g]*/*.png"))
+    for path in defects:
+        _convert(path, ".JPG")
+    mask = next((brick / "ground_truth").rglob("*_mask.png"))
+    _convert(mask, ".bmp")  # masks: image stem + _mask + any supported extension
+    (brick / "train" / "good" / "notes.txt").write_text("not an image")
+    (brick / "train" / "good" / ".thumbnail.png").write_bytes(b"")
+    (brick / "ground_truth" / "stray_mask.png").write_bytes(b"")
+
+    datamodule = _datamodule(root)
+    train_samples = datamodule.train_data.samples
+    test_samples = datamodule.test_data.samples
+    assert (train_samples.category == "brick").sum() == 6
+    brick_test = test_samples[test_samples.category == "brick"]
+    assert len(brick_test) == 3 + 5
+    assert (brick_test.label_index == 1).sum() == len(defects) == 5
+    pairs = zip(brick_test.image_path, brick_test.mask_path, strict=True)
+    assert all(Path(mask).stem == Path(image).stem + "_mask" for image, mask in pairs if mask)
+    index = test_samples.index[test_samples.image_path.str.endswith(".JPG")][0]
+    item = datamodule.test_data[index]  # a JPEG defect image with its mask loads
+    assert item.gt_mask.shape == item.image.shape[-2:]
+    unused = {path.name: reason for path, reason in datamodule.unused_files}
+    assert set(unused) == {"notes.txt", ".thumbnail.png", "stray_mask.png"}
+    assert "not an image format" in unused["notes.txt"]
+    assert "3 file(s) not used" in caplog.text
+
+    caplog.clear()
+    _datamodule(root, verify=True)
+    for name in unused:
+        assert name in caplog.text, "verify=True names every file it does not use"
+
+
+def test_folder_jpeg_defect_without_mask_is_named(synthetic_root, tmp_path):
+    root = _copy(synthetic_root, tmp_path)
+    defect = _convert(sorted((root / "grass" / "test").glob("[!g]*/*.png"))[0], ".jpg")
+    next((root / "grass" / "ground_truth").rglob(f"{defect.stem}_mask.*")).unlink()
+    with pytest.raises(MaskMismatchError, match=re.escape(str(defect))):
+        _datamodule(root)
+
+
+def test_empty_category_list_is_a_clear_error(synthetic_root):
+    # issue 16, case 5: categories=[] gave pandas' "No objects to concatenate"
+    with pytest.raises(ValueError, match=r"`categories` is an empty list.*leave `categories` out"):
+        MultiClassFolder(root=synthetic_root, categories=[])
+
+
+def test_skipped_category_folders_are_logged(synthetic_root, tmp_path, caplog):
+    # issue 16, case 5: a category folder without train/ was dropped without a word
+    root = _copy(synthetic_root, tmp_path)
+    shutil.rmtree(root / "coffee" / "train")
+    datamodule = MultiClassFolder(root=root)
+    assert datamodule.categories == ["brick", "grass"]
+    assert re.search(r"skipping folder .*coffee: it has no train/ folder", caplog.text)
+
+
+def test_run_folder_stays_short_for_long_category_lists(synthetic_root):
+    # issue 16, case 5: 29 Real-IAD names joined into one folder name gave "File name too long"
+    from anomalib.data.datasets.image.realiad import CATEGORIES
+
+    from anomalib_multiclass.data.datamodule import run_folder_name
+
+    names = sorted(CATEGORIES)[:29]
+    folder = run_folder_name(names)
+    assert len(folder) <= 64
+    assert re.fullmatch(r"[A-Za-z0-9._+-]+", folder)
+    assert folder != run_folder_name(names[:28]), "two lists never share a folder"
+    assert run_folder_name(["brick", "coffee"]) == "brick+coffee", "short plain lists stay readable"
+    assert "/" not in run_folder_name(["mvtecad/bottle", "visa/candle"])
+    assert MultiClassFolder(root=synthetic_root, categories=["grass", "brick"]).category == "grass+brick"
+    realiad = MultiClassRealIAD(root=synthetic_root, categories=names)
+    assert realiad.category == folder, "the run folder anomalib makes from datamodule.category"
+
+
+def test_non_ascii_category_names_work(synthetic_root, tmp_path):
+    # issue 16, case 5: anomalib's MVTec parser refuses paths outside printable ASCII ("empty category" error)
+    root = _copy(synthetic_root, tmp_path)
+    (root / "coffee").rename(root / "café")
+    datamodule = _datamodule(root)
+    assert datamodule.category_names == ["brick", "café", "grass"]
+    assert re.fullmatch(r"[A-Za-z0-9._+-]+", MultiClassFolder(root=root, categories=["café"]).category)
+    batch = next(iter(datamodule.test_dataloader()))
+    assert batch.image.shape[0] == 4

@@ -154,10 +154,8 @@ def test_initialisation_follows_the_official_code():
     assert len(in_projections) == 3 * 12  # 4 encoder self-attentions, 2 x 4 decoder attentions
     for layer in linears:
         fan_out, fan_in = layer.weight.shape
-        if id(layer) in in_projections:
-            bound = (6 / (fan_in + 3 * fan_out)) ** 0.5  # packed (3d, d)
-        else:
-            bound = (6 / (fan_in + fan_out)) ** 0.5
+        packed_rows = 3 * fan_out if id(layer) in in_projections else fan_out  # in-projections: packed (3d, d)
+        bound = (6 / (fan_in + packed_rows)) ** 0.5
         assert layer.weight.abs().max() <= bound + 1e-6
         assert layer.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)  # U(-b, b): std b / sqrt(3)
         assert torch.count_nonzero(layer.bias) == 0

@@ -17,6 +17,8 @@ The mixin
 
 from __future__ import annotations
 
+import logging
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from anomalib.visualization import Visualizer
     from lightning.pytorch import Callback
     from torchvision.transforms.v2 import Transform
+
+logger = logging.getLogger(__name__)
 
 CATEGORY_NAMES_KEY = "anomalib_multiclass_category_names"
 ONNX_OPSET_VERSION = 18
@@ -83,10 +87,39 @@ class MultiClassMixin:
         predictions = self.model(batch.image)  # type: ignore[attr-defined]
         return batch.update(**{k: v for k, v in predictions._asdict().items() if v is not None})
 
+    def test_step(self, batch: Batch, batch_idx: int = 0, *args: Any, **kwargs: Any) -> Batch:
+        """As prediction: the evaluator and visualizer then see every output of the model."""
+        del args, kwargs
+        return self.predict_step(batch, batch_idx)
+
     def predict_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> Batch:
-        """As validation (the post-processor callback thresholds and normalises)."""
+        """As validation (the post-processor callback thresholds and normalises).
+
+        A plain anomalib ``ImageBatch`` (anomalib's ``PredictDataset`` on a folder of images, its ``Folder``
+        datamodule) has no ``pred_class`` field and its ``update`` would drop the predicted class, so the
+        post-processor fell back to the global threshold: it is turned into a :class:`MultiClassImageBatch`.
+        """
         del batch_idx, dataloader_idx
-        return self.validation_step(batch)
+        return self.validation_step(as_multiclass_batch(batch))
+
+    def _check_batch_categories(self, batch: Batch) -> None:
+        """Refuse data whose ``class_index`` means another category than it did in training."""
+        check_batch_categories(self.category_names, batch)
+
+    def on_validation_batch_start(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Check the batch's category map (data that bypassed the datamodule check, e.g. bare dataloaders)."""
+        del batch_idx, dataloader_idx
+        self._check_batch_categories(batch)
+
+    def on_test_batch_start(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Check the batch's category map."""
+        del batch_idx, dataloader_idx
+        self._check_batch_categories(batch)
+
+    def on_predict_batch_start(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Check the batch's category map."""
+        del batch_idx, dataloader_idx
+        self._check_batch_categories(batch)
 
     @torch.no_grad()
     def count_parameters(self) -> dict[str, int]:
@@ -149,13 +182,13 @@ class MultiClassMixin:
             "thresholds": table(self.category_names) if table is not None else {},
         }
 
-    def _write_export_metadata(self, model_path: Path) -> Path:
+    def _write_export_metadata(self, model_path: Path, **extra: Any) -> Path:
         import json
 
         from anomalib_multiclass.deploy import METADATA_FILE
 
         path = Path(model_path).parent / METADATA_FILE
-        path.write_text(json.dumps(self.export_metadata(), indent=2))
+        path.write_text(json.dumps({**self.export_metadata(), **extra}, indent=2))
         return path
 
     def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
@@ -171,9 +204,16 @@ class MultiClassMixin:
         return path
 
     def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
-        """Anomalib's OpenVINO export, plus ``multiclass_metadata.json`` next to the model."""
+        """Anomalib's OpenVINO export that anomalib's own ``OpenVINOInferencer`` runs, plus the metadata file.
+
+        anomalib's inferencer makes a ``NumpyImageBatch`` of every model output and fails on a field it does not
+        know, so outputs beyond anomalib's (MINT-AD's ``pred_class``) stay in the graph as named tensors but not
+        as outputs; the metadata lists them (``hidden_outputs``) and ``MultiClassOpenVINOInferencer`` reads them.
+        """
+        from anomalib_multiclass.deploy.inferencer import hide_extra_outputs
+
         path = super().to_openvino(*args, **kwargs)  # type: ignore[misc]
-        self._write_export_metadata(path)
+        self._write_export_metadata(path, hidden_outputs=hide_extra_outputs(path))
         return path
 
     def _compress_ov_model(
@@ -214,22 +254,86 @@ class MultiClassMixin:
         self._sync_post_processor()
         super().setup(stage)  # type: ignore[misc]
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Lightning's loading without fetching backbone weights: the checkpoint holds them (works offline).
+
+        ``pre_trained`` and ``backbone_weights`` from the checkpoint's hyper-parameters would download or read the
+        ImageNet weights only to overwrite them with the checkpoint's; pass them explicitly to override.
+        """
+        kwargs.setdefault("pre_trained", False)
+        kwargs.setdefault("backbone_weights", None)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[misc]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the category map with the weights."""
         super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
         checkpoint[CATEGORY_NAMES_KEY] = self.category_names
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the category map saved with the weights; later data is checked against it."""
+        """Restore the category map saved with the weights and check the attached data against it.
+
+        Lightning runs ``setup`` (which takes the datamodule's order into a fresh model) before it restores a
+        ``ckpt_path``, so the datamodule is checked here again, against the checkpoint's map.
+        """
+        self._adopt_checkpoint_arguments(checkpoint.get("hyper_parameters") or {})
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
         names = checkpoint.get(CATEGORY_NAMES_KEY)
         if names is not None:
             self.category_names = list(names)
+            given = self._datamodule_category_names()
+            if given is not None:
+                check_category_names(self.category_names, given)
         # size the per-class tables as saved, before the state dict is loaded
         saved = checkpoint.get("state_dict", {}).get("post_processor.class_image_threshold")
         resize = getattr(getattr(self, "post_processor", None), "set_num_classes", None)
         if saved is not None and resize is not None:
             resize(int(saved.shape[0]))
+
+    def _adopt_checkpoint_arguments(self, saved: dict[str, Any]) -> None:
+        """Rebuild the network with the checkpoint's constructor arguments where the given model differs.
+
+        ``anomalib test --model UniAD --ckpt_path ...`` builds the model from the command line's (default)
+        arguments before Lightning restores the checkpoint: its weights would not fit any other size. The
+        checkpoint's hyper-parameters say how it was built; the network (every sub-module but anomalib's
+        components) and the attributes named after arguments are taken from a model built with them.
+        """
+        import inspect
+
+        accepted = set(inspect.signature(type(self).__init__).parameters) - set(_COMPONENTS) - _NO_WEIGHT_EFFECT
+        current = dict(getattr(self, "hparams", {}))
+        arguments = {key: value for key, value in saved.items() if key in accepted}
+        differing = {key: value for key, value in arguments.items() if _plain(current.get(key)) != _plain(value)}
+        if not differing:
+            return
+        logger.warning(
+            "%s: the checkpoint was built with %s (this model: %s); rebuilding the network with the checkpoint's "
+            "arguments.",
+            type(self).__name__,
+            ", ".join(f"{key}={value!r}" for key, value in differing.items()),
+            ", ".join(f"{key}={current.get(key)!r}" for key in differing),
+        )
+        disabled = dict.fromkeys(_COMPONENTS, False)
+        fresh = type(self)(**{**arguments, **disabled, "pre_trained": False, "backbone_weights": None})
+        taken = set(fresh._modules) - set(_COMPONENTS)  # sub-modules, including unbuilt (None) ones
+        taken |= {name for name in (*arguments, *_DERIVED_ATTRIBUTES) if name in vars(fresh)}
+        for name in sorted(taken):
+            setattr(self, name, getattr(fresh, name))
+        self.hparams.update(arguments)  # type: ignore[attr-defined]
+
+
+_COMPONENTS = ("pre_processor", "post_processor", "evaluator", "visualizer")
+_NO_WEIGHT_EFFECT = {"self", "pre_trained", "backbone_weights"}  # the checkpoint holds the backbone weights
+_DERIVED_ATTRIBUTES = ("model", "model_input_size", "backbone_name", "_model_kwargs")  # "model": MINT-AD builds it late
+
+
+def _plain(value: Any) -> Any:
+    """A hyper-parameter in comparable form (tuples as lists, paths as strings)."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return str(value) if isinstance(value, Path) else value
 
 
 def check_category_names(trained: list[str], given: list[str]) -> None:
@@ -249,6 +353,37 @@ def check_category_names(trained: list[str], given: list[str]) -> None:
         raise CategoryMismatchError(msg)
     msg = (
         f"The datamodule numbers its categories {given}, the model was trained with {trained}. "
-        "Pass `category_names` (the trained order) to the datamodule so class indices keep their meaning."
+        f"Pass the trained order to the datamodule so class indices keep their meaning: "
+        f'`category_names={trained}` (command line: `--data.category_names "[{", ".join(trained)}]"`); '
+        "`categories` may then be any subset of them."
     )
     raise CategoryMismatchError(msg)
+
+
+def check_batch_categories(trained: list[str] | None, batch: Any) -> None:
+    """Raise unless every ``(category, class_index)`` pair of ``batch`` has the trained meaning."""
+    categories, classes = getattr(batch, "category", None), getattr(batch, "class_index", None)
+    if trained is None or categories is None or not isinstance(classes, torch.Tensor):
+        return
+    for category, index in dict.fromkeys(zip(categories, classes.reshape(-1).tolist(), strict=True)):
+        if 0 <= index < len(trained) and trained[index] == category:
+            continue
+        if category not in trained:
+            check_category_names(trained, [category])  # raises: not seen in training
+        msg = (
+            f"The data gives category {category!r} the class index {index}; the model was trained with it as "
+            f"{trained.index(category)} (order {trained}). Build the dataset or datamodule with "
+            f"`category_names={trained}`."
+        )
+        raise CategoryMismatchError(msg)
+
+
+def as_multiclass_batch(batch: Batch) -> Batch:
+    """``batch`` as a :class:`MultiClassImageBatch` (which keeps ``pred_class``) if it is a plain ``ImageBatch``."""
+    from anomalib.data import ImageBatch
+
+    from anomalib_multiclass.data.dataclasses import MultiClassImageBatch
+
+    if isinstance(batch, MultiClassImageBatch) or type(batch) is not ImageBatch:
+        return batch
+    return MultiClassImageBatch(**{f.name: getattr(batch, f.name) for f in fields(batch) if f.init})

@@ -1,13 +1,110 @@
-"""Frozen multi-stage feature extraction, aligned to one map and concatenated (UniAD's MFCN neck)."""
+"""Frozen timm backbones: built offline from a local weights file if asked, aligned and concatenated (UniAD's neck)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
+import timm
 import torch
 import torch.nn.functional as F
 from anomalib.models.components.feature_extractors import TimmFeatureExtractor
 from torch import nn
+
+
+class MissingBackboneWeightsError(RuntimeError):
+    """The pretrained backbone weights could not be downloaded or read."""
+
+
+def timm_feature_extractor(
+    backbone: str,
+    layers: Sequence[int | str],
+    pre_trained: bool = True,
+    weights: str | Path | None = None,
+) -> TimmFeatureExtractor:
+    """Anomalib's ``TimmFeatureExtractor`` with weights from timm's download, or from ``weights`` (a local file).
+
+    Args:
+        backbone: timm model name.
+        layers: timm out-indices or layer names of the stages.
+        pre_trained: Download the ImageNet weights through timm (ignored when ``weights`` is given).
+        weights: Local file with the backbone's weights (a timm ``model.safetensors`` / ``pytorch_model.bin``).
+    """
+    try:
+        extractor = TimmFeatureExtractor(backbone, layers=list(layers), pre_trained=pre_trained and weights is None)
+    except Exception as error:
+        if pre_trained and weights is None and _is_download_error(error):
+            raise MissingBackboneWeightsError(missing_weights_message(backbone, error)) from error
+        raise
+    if weights is not None:
+        load_backbone_weights(extractor.feature_extractor, weights)
+    return extractor
+
+
+def load_backbone_weights(model: nn.Module, weights: str | Path) -> None:
+    """Load a local weights file into a timm (``features_only``) model through timm's pretrained machinery.
+
+    timm loads feature extractors non-strictly (their heads are dropped), which would let a file of another model
+    through unnoticed; here every tensor of ``model`` must be in the file with its shape.
+    """
+    from timm.models import load_pretrained, load_state_dict
+
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        msg = f"Backbone weights file {path} does not exist. Pass the path of a timm weights file (backbone_weights)."
+        raise FileNotFoundError(msg)
+    saved = load_state_dict(str(path))
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in saved]
+    wrong = [
+        f"{key} {tuple(saved[key].shape)}"
+        for key in expected
+        if key in saved and saved[key].shape != expected[key].shape
+    ]
+    if missing or wrong:
+        architecture = model.pretrained_cfg.get("architecture", type(model).__name__)
+        msg = (
+            f"Backbone weights file {path} does not fit timm's {architecture!r}: "
+            f"{len(missing)} of its {len(expected)} tensors missing (e.g. {missing[:3]}), "
+            f"{len(wrong)} of another shape (e.g. {wrong[:3]}). Use the weights of that very model "
+            f"(e.g. from the Hugging Face hub: {model.pretrained_cfg.get('hf_hub_id') or 'its timm page'})."
+        )
+        raise ValueError(msg)
+    config = {key: value for key, value in model.pretrained_cfg.items() if key not in {"source", "state_dict"}}
+    load_pretrained(model, pretrained_cfg={**config, "file": str(path)}, num_classes=0, strict=False)
+
+
+def missing_weights_message(backbone: str, error: BaseException) -> str:
+    """What failed, where the weights come from, and the two ways to provide them offline."""
+    config = timm.models.get_pretrained_cfg(backbone)
+    hub_id = getattr(config, "hf_hub_id", None)
+    source = f"the Hugging Face hub ({hub_id})" if hub_id else f"{getattr(config, 'url', None) or 'timm'}"
+    download = (
+        f"run `hf download {hub_id}` (older huggingface_hub: `huggingface-cli download {hub_id}`) where there is "
+        "a network, copy the Hugging Face cache (~/.cache/huggingface/hub, or $HF_HOME/hub) to this machine and set "
+        "HF_HUB_OFFLINE=1"
+        if hub_id
+        else "download the file where there is a network"
+    )
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0]}" if str(error) else type(error).__name__
+    return (
+        f"The pretrained weights of the backbone {backbone!r} could not be loaded: timm takes them from {source}, "
+        f"which this machine cannot reach ({reason}). "
+        f"Either {download}, or pass the weights file itself: `backbone_weights=<path>` "
+        "(command line: `--model.backbone_weights <path>`). A model restored from a checkpoint has its backbone "
+        "weights already: `pre_trained=False` (`--model.pre_trained false`) skips the download."
+    )
+
+
+def _is_download_error(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it came from) is a failed download: network, hub cache, or file I/O."""
+    seen: BaseException | None = error
+    while seen is not None:
+        module = type(seen).__module__
+        if isinstance(seen, (OSError, ConnectionError)) or module.startswith(("huggingface_hub", "requests", "urllib")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class MultiStageFeatureExtractor(nn.Module):
@@ -22,6 +119,7 @@ class MultiStageFeatureExtractor(nn.Module):
         backbone: timm model name, e.g. ``"tf_efficientnet_b4.aa_in1k"``.
         layers: timm out-indices of the stages to use.
         pre_trained: Load ImageNet weights through timm.
+        weights: Local file with the backbone's weights instead of timm's download.
         align_to: Index into ``layers`` of the stage whose map size the others are resized to.
         truncate: Drop the backbone blocks after the deepest stage used (timm's ``features_only`` EfficientNets
             keep and run all of them); the features are identical, the frozen model smaller and faster.
@@ -34,9 +132,10 @@ class MultiStageFeatureExtractor(nn.Module):
         pre_trained: bool = True,
         align_to: int = -1,
         truncate: bool = False,
+        weights: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.extractor = TimmFeatureExtractor(backbone, layers=list(layers), pre_trained=pre_trained).eval()
+        self.extractor = timm_feature_extractor(backbone, layers, pre_trained=pre_trained, weights=weights).eval()
         if truncate:
             _truncate_after_last_stage(self.extractor.feature_extractor)
         for parameter in self.extractor.parameters():

@@ -81,6 +81,7 @@ class LGC(MultiClassMixin, AnomalibModule):
         backbone: timm name of the frozen encoder: RD's own decoder for ResNets, one mirrored from any other timm CNN.
         layers: Encoder stages distilled by the decoder, timm module names or out-indices (RD: ``layer1..layer3``).
         pre_trained: Load the encoder's ImageNet weights through timm (downloaded once, then cached).
+        backbone_weights: Local timm weights file of the backbone, used instead of the download (offline use).
         input_size: Image size (height, width) in pixels; a multiple of twice the deepest stage's stride (32 for RD).
         sigma: Sigma in pixels of the Gaussian smoothing of the anomaly map (4).
         feature_noise: Add the official code's training noise to the projected features (not in the paper).
@@ -110,6 +111,7 @@ class LGC(MultiClassMixin, AnomalibModule):
         backbone: str = "wide_resnet50_2",
         layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: Sequence[int] = (256, 256),
         sigma: float = 4.0,
         feature_noise: bool = True,
@@ -142,6 +144,7 @@ class LGC(MultiClassMixin, AnomalibModule):
             backbone=backbone,
             layers=layers,
             pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
             input_size=self.model_input_size,
             sigma=sigma,
             feature_noise=feature_noise,

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from anomalib.models.components import GaussianBlur2d, TimmFeatureExtractor
+from anomalib.models.components import GaussianBlur2d
 from anomalib.models.components.backbone import get_decoder
 from anomalib.models.image.reverse_distillation.components import get_bottleneck_layer
 from torch import nn
 
 from anomalib_multiclass.models.components.base import MultiClassInferenceBatch
-from anomalib_multiclass.models.components.feature_extractor import _truncate_after_last_stage
+from anomalib_multiclass.models.components.feature_extractor import _truncate_after_last_stage, timm_feature_extractor
 from anomalib_multiclass.models.lgc.mirrored_rd import (
     EncoderWidths,
     MirroredBottleneck,
@@ -87,6 +87,7 @@ class LGCModel(nn.Module):
             bottleneck and decoder, any other timm CNN one mirrored from its ``feature_info``.
         layers: Encoder stages, timm module names or ``features_only`` out-indices (RD: ``layer1..layer3``).
         pre_trained: ImageNet weights for the encoder (timm).
+        backbone_weights: Local timm weights file of the backbone, used instead of the download.
         input_size: Image size (H, W); a multiple of twice the deepest stage's stride (the bottleneck halves the
             deepest map once more): 32 for ResNet layer1-3 or Lite0 stages 1-3.
         sigma: Gaussian smoothing of the anomaly map (RD: 4; kernel 2·int(4σ + 0.5) + 1 = 33).
@@ -100,6 +101,7 @@ class LGCModel(nn.Module):
         backbone: str = "wide_resnet50_2",
         layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: Sequence[int] = (256, 256),
         sigma: float = 4.0,
         feature_noise: bool = True,
@@ -108,7 +110,7 @@ class LGCModel(nn.Module):
         super().__init__()
         self.backbone = backbone.split(".")[0]
         self.input_size = tuple(int(s) for s in input_size)
-        self.encoder = TimmFeatureExtractor(backbone=backbone, layers=list(layers), pre_trained=pre_trained)
+        self.encoder = timm_feature_extractor(backbone, layers, pre_trained=pre_trained, weights=backbone_weights)
         self.encoder.requires_grad_(False)
         self.encoder.eval()
         extractor = self.encoder.feature_extractor

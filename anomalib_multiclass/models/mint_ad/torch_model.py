@@ -139,6 +139,7 @@ class MintADModel(nn.Module):
         backbone: timm backbone name (frozen; as UniAD ``tf_efficientnet_b4.aa_in1k``).
         layers: timm out-indices of the stages (EfficientNet stages 1-4 = ``(0, 1, 2, 3)``).
         pre_trained: ImageNet weights for the backbone.
+        backbone_weights: Local timm weights file of the backbone, used instead of the download.
         input_size: Image size the model runs at; fixes the token grid.
         hidden_dim: Transformer width, also the width of the INR's query map (256).
         num_heads: Attention heads (8).
@@ -163,6 +164,7 @@ class MintADModel(nn.Module):
         backbone: str = "tf_efficientnet_b4.aa_in1k",
         layers: Sequence[int] = (0, 1, 2, 3),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: tuple[int, int] = (224, 224),
         hidden_dim: int = 256,
         num_heads: int = 8,
@@ -182,7 +184,9 @@ class MintADModel(nn.Module):
         if prompt not in {"feature", "label"}:
             msg = f"prompt must be 'feature' or 'label', got {prompt!r}."
             raise ValueError(msg)
-        self.feature_extractor = MultiStageFeatureExtractor(backbone, layers, pre_trained=pre_trained)
+        self.feature_extractor = MultiStageFeatureExtractor(
+            backbone, layers, pre_trained=pre_trained, weights=backbone_weights
+        )
         input_size = tuple(input_size)
         self.input_size = input_size
         self.feature_size = self.feature_extractor.grid(input_size)

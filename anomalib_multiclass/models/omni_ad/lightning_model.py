@@ -36,6 +36,7 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         layers: The three teacher stages that are reconstructed, shallowest first, at strides s, 2s, 4s
             (ResNet: ``layer1 layer2 layer3``; EfficientNet: out-indices 1, 2, 3).
         pre_trained: Load the teacher's ImageNet weights through timm (downloaded once, then cached).
+        backbone_weights: Local timm weights file of the backbone, used instead of the download (offline use).
         input_size: Image size (height, width) in pixels; a multiple of 8 x the first stage's stride (32 for ResNets).
         dims: Widths of the four decoder stages; null derives (2 C3, C3, C2, C1) from the teacher (512, 256, 128, 64).
         depths: Omni-blocks in each of the four decoder stages (3, 9, 9, 7).
@@ -70,6 +71,7 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         backbone: str = "resnet34.bt_in1k",
         layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: Sequence[int] = (256, 256),
         dims: Sequence[int] | None = None,
         depths: Sequence[int] = (3, 9, 9, 7),
@@ -104,6 +106,7 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
             backbone=backbone,
             layers=layers,
             pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
             input_size=self.model_input_size,
             dims=dims,
             depths=depths,

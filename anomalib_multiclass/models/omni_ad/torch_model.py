@@ -18,10 +18,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from anomalib.models.components import GaussianBlur2d
-from anomalib.models.components.feature_extractors import TimmFeatureExtractor
 from torch import nn
 
 from anomalib_multiclass.models.components.base import MultiClassInferenceBatch
+from anomalib_multiclass.models.components.feature_extractor import timm_feature_extractor
 from anomalib_multiclass.models.components.jitter import feature_jitter
 
 
@@ -33,6 +33,7 @@ class FrozenTeacher(nn.Module):
             official code's timm 0.8 loads for ``resnet34``).
         layers: Three stages (timm out-indices or layer names), shallowest first, at strides 4/8/16.
         pre_trained: Load ImageNet weights through timm.
+        weights: Local file with the teacher's weights (timm format), loaded instead of the download.
     """
 
     def __init__(
@@ -40,9 +41,10 @@ class FrozenTeacher(nn.Module):
         backbone: str = "resnet34.bt_in1k",
         layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
         pre_trained: bool = True,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
-        self.extractor = TimmFeatureExtractor(backbone, layers=list(layers), pre_trained=pre_trained).eval()
+        self.extractor = timm_feature_extractor(backbone, layers, pre_trained=pre_trained, weights=weights).eval()
         for parameter in self.extractor.parameters():
             parameter.requires_grad_(False)
         self.out_dims = [int(d) for d in self.extractor.out_dims]
@@ -446,6 +448,7 @@ class OmniADModel(nn.Module):
         backbone: timm teacher (``resnet34.bt_in1k``); any CNN whose three ``layers`` have strides s, 2s, 4s.
         layers: The three teacher stages (ResNet: ``layer1``-``layer3``; EfficientNet: out-indices 1, 2, 3).
         pre_trained: ImageNet weights for the teacher.
+        backbone_weights: Local timm weights file of the backbone, used instead of the download.
         input_size: Image size the model runs at (a multiple of 8 x the first stage's stride: 32 for ResNets).
         dims: Decoder widths; ``None`` derives them from the teacher widths (C1, C2, C3) as (2 C3, C3, C2, C1)
             (ResNet-34: 512, 256, 128, 64). The last three must equal C3, C2, C1 (they reconstruct e3, e2, e1);
@@ -466,6 +469,7 @@ class OmniADModel(nn.Module):
         backbone: str = "resnet34.bt_in1k",
         layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: tuple[int, int] = (256, 256),
         dims: Sequence[int] | None = None,
         depths: Sequence[int] = (3, 9, 9, 7),
@@ -478,7 +482,7 @@ class OmniADModel(nn.Module):
         double_input_residual: bool = True,
     ) -> None:
         super().__init__()
-        self.teacher = FrozenTeacher(backbone, layers, pre_trained=pre_trained)
+        self.teacher = FrozenTeacher(backbone, layers, pre_trained=pre_trained, weights=backbone_weights)
         c1, c2, c3 = self.teacher.out_dims
         dims = [2 * c3, c3, c2, c1] if dims is None else [int(d) for d in dims]
         if len(dims) != 4 or len(depths) != 4:

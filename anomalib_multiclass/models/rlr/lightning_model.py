@@ -31,6 +31,7 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         backbone: timm name of the frozen backbone (paper: EfficientNet-B6, ``tf_efficientnet_b6.aa_in1k``).
         layers: timm out-indices of the feature levels, each reconstructed by its own network (stages 1-3: 1, 2, 3).
         pre_trained: Load the backbone's ImageNet weights through timm (downloaded once, then cached).
+        backbone_weights: Local timm weights file of the backbone, used instead of the download (offline use).
         input_size: Image size (height, width) in pixels; a multiple of the deepest level's stride (16).
         hidden_dims: Width of each level's reconstruction network, one per level (128, 256, 512).
         windows: Side k of each level's local attention window, odd, one per level (11, 7, 5).
@@ -58,6 +59,7 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         backbone: str = "tf_efficientnet_b6.aa_in1k",
         layers: Sequence[int] = (1, 2, 3),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: Sequence[int] = (256, 256),
         hidden_dims: Sequence[int] = (128, 256, 512),
         windows: Sequence[int] = (11, 7, 5),
@@ -89,6 +91,7 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
             backbone=backbone,
             layers=layers,
             pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
             input_size=self.model_input_size,
             hidden_dims=hidden_dims,
             windows=windows,

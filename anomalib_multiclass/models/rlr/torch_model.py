@@ -153,6 +153,7 @@ class RLRModel(nn.Module):
         backbone: timm backbone (frozen); the paper's EfficientNet-B6 with the AutoAugment weights.
         layers: timm out-indices of the levels (paper: stages 1-3 = ``(1, 2, 3)``).
         pre_trained: ImageNet weights for the backbone.
+        backbone_weights: Local timm weights file of the backbone, used instead of the download.
         input_size: Image size; fixes every level's map size (a multiple of the deepest stride).
         hidden_dims: Width of each level's network (128/256/512).
         windows: Local window of each level (11/7/5 for the 64/32/16 maps, as the official code).
@@ -171,6 +172,7 @@ class RLRModel(nn.Module):
         backbone: str = "tf_efficientnet_b6.aa_in1k",
         layers: Sequence[int] = (1, 2, 3),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: tuple[int, int] = (256, 256),
         hidden_dims: Sequence[int] = (128, 256, 512),
         windows: Sequence[int] = (11, 7, 5),
@@ -188,7 +190,9 @@ class RLRModel(nn.Module):
         if not len(layers) == len(hidden_dims) == len(windows):
             msg = f"layers {layers}, hidden_dims {list(hidden_dims)} and windows {list(windows)} need one entry each"
             raise ValueError(msg)
-        self.feature_extractor = MultiStageFeatureExtractor(backbone, layers, pre_trained=pre_trained, truncate=True)
+        self.feature_extractor = MultiStageFeatureExtractor(
+            backbone, layers, pre_trained=pre_trained, truncate=True, weights=backbone_weights
+        )
         self.input_size = tuple(int(s) for s in input_size)
         self.feature_sizes = self.feature_extractor.grids(self.input_size)
         self.levels = nn.ModuleList(

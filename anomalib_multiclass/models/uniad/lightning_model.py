@@ -34,6 +34,7 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         backbone: timm name of the frozen backbone (paper: EfficientNet-b4, ``tf_efficientnet_b4.aa_in1k``).
         layers: timm out-indices of the backbone stages whose features are concatenated (stages 1-4: 0, 1, 2, 3).
         pre_trained: Load the backbone's ImageNet weights through timm (downloaded once, then cached).
+        backbone_weights: Local timm weights file of the backbone, used instead of the download (offline use).
         input_size: Image size (height, width) in pixels the model runs at; a multiple of the backbone stride (16).
         hidden_dim: Width of the reconstruction transformer (256).
         num_heads: Attention heads in every transformer layer (8).
@@ -69,6 +70,7 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         backbone: str = "tf_efficientnet_b4.aa_in1k",
         layers: Sequence[int] = (0, 1, 2, 3),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: Sequence[int] = (224, 224),
         hidden_dim: int = 256,
         num_heads: int = 8,
@@ -106,6 +108,7 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
             backbone=backbone,
             layers=layers,
             pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
             input_size=self.model_input_size,
             hidden_dim=hidden_dim,
             num_heads=num_heads,

@@ -28,6 +28,7 @@ class UniADModel(nn.Module):
         backbone: timm backbone name (frozen; paper: ``tf_efficientnet_b4.aa_in1k``).
         layers: timm out-indices of the stages (EfficientNet stages 1-4 = ``(0, 1, 2, 3)``).
         pre_trained: ImageNet weights for the backbone.
+        backbone_weights: Local timm weights file of the backbone, used instead of the download.
         input_size: Image size the model runs at; fixes the token grid (positional embeddings, masks).
         hidden_dim: Transformer width (256).
         num_heads: Attention heads (8).
@@ -49,6 +50,7 @@ class UniADModel(nn.Module):
         backbone: str = "tf_efficientnet_b4.aa_in1k",
         layers: Sequence[int] = (0, 1, 2, 3),
         pre_trained: bool = True,
+        backbone_weights: str | None = None,
         input_size: tuple[int, int] = (224, 224),
         hidden_dim: int = 256,
         num_heads: int = 8,
@@ -64,7 +66,9 @@ class UniADModel(nn.Module):
         pool_size: int = 16,
     ) -> None:
         super().__init__()
-        self.feature_extractor = MultiStageFeatureExtractor(backbone, layers, pre_trained=pre_trained)
+        self.feature_extractor = MultiStageFeatureExtractor(
+            backbone, layers, pre_trained=pre_trained, weights=backbone_weights
+        )
         input_size = tuple(input_size)
         self.input_size = input_size
         self.feature_size = self.feature_extractor.grid(input_size)
