@@ -14,6 +14,7 @@ from anomalib_multiclass.deploy.quantize import (
     calibration_images,
     category_sample_indices,
     compress_openvino_model,
+    frozen_encoder_operations,
     quantize_ptq,
 )
 from anomalib_multiclass.models import LGC, RLR, MintAD, OmniAD, UniAD
@@ -82,6 +83,51 @@ def test_ptq_quantizes_a_graph_but_not_its_anomaly_map_head(synthetic_root):
         expected = net(images).numpy()
     assert output.shape == expected.shape
     assert np.corrcoef(output.ravel(), expected.ravel())[0, 1] > 0.95
+
+
+class _EncoderDecoder(torch.nn.Module):
+    """A frozen encoder, a learned decoder, their squared difference as the (one-channel) anomaly map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1)
+        )
+        self.decoder = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.encoder.requires_grad_(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(images)
+        return (features - self.decoder(features)).pow(2).sum(1, keepdim=True)
+
+
+def _quantized_convolutions(model) -> set[str]:
+    """Names of the convolutions that get an INT8 input."""
+    return {
+        op.get_friendly_name()
+        for op in model.get_ops()
+        if op.get_type_name() == "Convolution" and op.input_value(0).get_node().get_type_name() == "FakeQuantize"
+    }
+
+
+def test_ptq_keeps_the_frozen_encoder_in_floating_point(synthetic_root):
+    torch.manual_seed(0)
+    net = _EncoderDecoder().eval()
+    model = openvino.convert_model(net, example_input=torch.rand(1, 3, 32, 32), input=[1, 3, 32, 32])
+    frozen = [f"self.{name}" for name, p in net.named_parameters() if not p.requires_grad]  # convert_model's names
+    convolution = {  # weight name -> convolution name
+        op.input_value(1).get_node().get_friendly_name(): op.get_friendly_name()
+        for op in model.get_ops()
+        if op.get_type_name() == "Convolution"
+    }
+    encoder = set(frozen_encoder_operations(model, frozen))
+    assert {convolution["self.encoder.0.weight"], convolution["self.encoder.2.weight"]} <= encoder
+    assert convolution["self.decoder.weight"] not in encoder
+    datamodule = _datamodule(synthetic_root)
+    kept = quantize_ptq(model.clone(), datamodule, images_per_category=2, frozen_parameters=frozen)
+    assert _quantized_convolutions(kept) == {convolution["self.decoder.weight"]}
+    everything = quantize_ptq(model.clone(), datamodule, images_per_category=2)
+    assert _quantized_convolutions(everything) == set(convolution.values())
 
 
 def test_ptq_without_data_or_nncf_says_what_to_do(monkeypatch):
