@@ -23,6 +23,7 @@ def test_edge_smoke(tmp_path):
     for model in ("UniAD", "LGC"):
         for variant in ("fp32", "fp16", "INT8"):
             assert f"| {model} | {variant}, 64 px, 2 epochs |" in report
+    assert "| UniAD | INT8, encoder too, 64 px, 2 epochs |" in report
     assert "failed" not in report, report
     results = json.loads((tmp_path / "edge.json").read_text())["results"]
     int8 = results["LGC"]["variants"]["INT8"]
