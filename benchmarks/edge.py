@@ -6,8 +6,9 @@
 Each model is trained unified on the proxy data (``benchmarks/README.md``) in ``benchmarks/run.py``'s scaled-down
 configuration, then exported through ``to_openvino`` as fp32, FP16 and INT8_PTQ (calibrated by
 ``anomalib_multiclass.deploy.quantize`` on the training images of every category; once with the package's default
-settings, once with the frozen encoder quantized too, to show what that layer group costs and gains). Each export runs on the proxy
-test set (image and pixel AUROC per category, on the raw scores and maps) and is timed at batch 1 and batch N.
+settings, once with the frozen encoder quantized too, to show what that layer group costs and gains). Each export
+runs on the proxy test set (image and pixel AUROC per category, on the raw scores and maps) and is timed at batch 1
+and batch N.
 Everything in the report is measured by this script.
 """
 
