@@ -130,6 +130,15 @@ def test_ptq_keeps_the_frozen_encoder_in_floating_point(synthetic_root):
     assert _quantized_convolutions(everything) == set(convolution.values())
 
 
+def test_weight_only_int8_needs_no_data():
+    model = openvino.convert_model(torch.nn.Conv2d(3, 16, 3).eval(), example_input=torch.rand(1, 3, 8, 8))
+    compressed = compress_openvino_model(model, "int8")
+    types = {
+        op.get_output_element_type(0).get_type_name() for op in compressed.get_ops() if op.get_type_name() == "Constant"
+    }
+    assert types & {"u8", "i8"}
+
+
 def test_ptq_without_data_or_nncf_says_what_to_do(monkeypatch):
     model = openvino.convert_model(torch.nn.Conv2d(3, 1, 1).eval(), example_input=torch.rand(1, 3, 8, 8))
     with pytest.raises(ValueError, match="needs calibration images: pass `datamodule`"):
