@@ -34,6 +34,9 @@ MODELS = {
     "OmniAD": (OmniAD, {**TINY_OMNI_AD, **REAL}),
     "LGC": (LGC, {**REAL, "layers": (1, 2, 3), "input_size": (64, 64)}),
 }
+# Omni-AD after 2 epochs ranks the 64 px test images about at random (fp32 AUROC 0.42): near-tied scores that any
+# perturbation reorders; after 6 it ranks them (0.80), and INT8's AUROC comparison means something
+EPOCHS = {"OmniAD": 6}
 
 
 def _datamodule(root, **kwargs):
@@ -159,7 +162,13 @@ def trained(request, synthetic_root, pretrained_lite0, tmp_path_factory):
     cls, kwargs = MODELS[request.param]
     module = cls(**kwargs)
     root = tmp_path_factory.mktemp(f"int8_{request.param}")
-    engine = Engine(max_epochs=2, accelerator="cpu", default_root_dir=root, logger=False, enable_progress_bar=False)
+    engine = Engine(
+        max_epochs=EPOCHS.get(request.param, 2),
+        accelerator="cpu",
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+    )
     engine.fit(module, datamodule=_datamodule(synthetic_root))
     return engine, module.eval(), root
 
@@ -189,17 +198,24 @@ def test_int8_ptq_export_of_every_model(trained, synthetic_root, tmp_path):
     from anomalib_multiclass.deploy import read_metadata
 
     engine, module, _ = trained
-    paths = {
-        compression: engine.export(
-            module,
-            ExportType.OPENVINO,
-            export_root=tmp_path / str(compression),
-            input_size=(64, 64),
-            compression_type=compression,
-            datamodule=_datamodule(synthetic_root, calibration_images_per_category=4),
-        )
-        for compression in (None, CompressionType.INT8_PTQ)
-    }
+    # raw scores and maps (post-processor normalisation off): normalised scores saturate at 0 and 1, and AUROC on
+    # their ties says little; the normalised graph is exported by the command-line test below
+    post = module.post_processor
+    post.enable_normalization = post.enable_thresholding = False
+    try:
+        paths = {
+            compression: engine.export(
+                module,
+                ExportType.OPENVINO,
+                export_root=tmp_path / str(compression),
+                input_size=(64, 64),
+                compression_type=compression,
+                datamodule=_datamodule(synthetic_root, calibration_images_per_category=4),
+            )
+            for compression in (None, CompressionType.INT8_PTQ)
+        }
+    finally:
+        post.enable_normalization = post.enable_thresholding = True
     int8 = openvino.Core().read_model(str(paths[CompressionType.INT8_PTQ]))
     assert "FakeQuantize" in {op.get_type_name() for op in int8.get_ops()}
     assert read_metadata(paths[CompressionType.INT8_PTQ]) == read_metadata(paths[None])
