@@ -23,6 +23,9 @@ _COMPANIONS = {
 
 
 _ANOMALIB_OF = {ours: theirs for theirs, ours in _COMPANIONS.items()}
+# modules whose code has run to the end (recorded by the loader below, or found imported at install time): the
+# hook never relies on how a module's code is ordered
+_FINISHED: set[str] = set()
 _ANOMALIB_CLI = "anomalib.cli.cli"  # seeded as Lightning's CLI seeds (see anomalib_multiclass/cli.py)
 
 
@@ -33,13 +36,13 @@ def _publish(anomalib_name: str) -> None:
     anomalib's benchmark pipeline) look short names up there. Only models and datamodules, never over an existing
     anomalib name, and only once both modules are fully imported.
     """
-    target = sys.modules.get(anomalib_name)
-    companion = sys.modules.get(_COMPANIONS[anomalib_name])
-    if target is None or companion is None or not hasattr(companion, "__all__"):
+    companion_name = _COMPANIONS[anomalib_name]
+    if not {anomalib_name, companion_name} <= _FINISHED:
         return  # the other half is still being imported; its own hook finishes the job
+    target, companion = sys.modules[anomalib_name], sys.modules[companion_name]
     from lightning.pytorch import LightningDataModule, LightningModule
 
-    for public in companion.__all__:
+    for public in getattr(companion, "__all__", None) or dir(companion):
         value = getattr(companion, public, None)
         wanted = isinstance(value, type) and issubclass(value, (LightningModule, LightningDataModule))
         if wanted and not hasattr(target, public):
@@ -63,12 +66,14 @@ def _after_import(name: str) -> None:
 
         install_per_category_default(sys.modules[name].AnomalibModule)
     try:
-        importlib.import_module(_COMPANIONS[name])
+        companion = importlib.import_module(_COMPANIONS[name])
     except Exception as error:
         import warnings
 
         warnings.warn(f"anomalib-multiclass could not register {_COMPANIONS[name]}: {error!r}", stacklevel=2)
         return
+    if not getattr(getattr(companion, "__spec__", None), "_initializing", False):  # not a circular partial import
+        _FINISHED.add(_COMPANIONS[name])
     _publish(name)
 
 
@@ -84,6 +89,7 @@ class _Loader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self.loader.exec_module(module)
+        _FINISHED.add(self.name)
         _after_import(self.name)
 
     def __getattr__(self, attribute: str) -> Any:
@@ -110,6 +116,9 @@ def install() -> None:
     """Add the hook once; if anomalib is already imported, register right away."""
     if not any(isinstance(finder, _Finder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
+    for name in (*_COMPANIONS, *_ANOMALIB_OF, _ANOMALIB_CLI):
+        if name in sys.modules:
+            _FINISHED.add(name)
     for name in (*_COMPANIONS, _ANOMALIB_CLI):
         if name in sys.modules:
             _after_import(name)
@@ -119,4 +128,5 @@ def register() -> None:
     """Import our models and datamodules now (for programs started before the package was installed)."""
     for name in _COMPANIONS:
         __import__(name)
+        _FINISHED.update(n for n in (name, _COMPANIONS[name]) if n in sys.modules)
         _after_import(name)

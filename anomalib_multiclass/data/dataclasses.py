@@ -7,7 +7,7 @@ anomalib component that accepts an ``ImageBatch`` accepts these too.
 """
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from anomalib.data.dataclasses.torch import ImageBatch, ImageItem
@@ -37,4 +37,18 @@ class MultiClassImageBatch(ImageBatch):
     category: list[str] | None = None
     class_index: torch.Tensor | None = None
     image_view: torch.Tensor | None = None
+    pred_class: torch.Tensor | None = None
+
+
+class MultiClassInferenceBatch(NamedTuple):
+    """``anomalib``'s ``InferenceBatch`` plus the predicted category index (models that predict it).
+
+    Field order matches ``InferenceBatch`` so positional use stays compatible; ``pred_class`` is
+    ``None`` for models without a classifier and then is not an export output.
+    """
+
+    pred_score: torch.Tensor | None = None
+    pred_label: torch.Tensor | None = None
+    anomaly_map: torch.Tensor | None = None
+    pred_mask: torch.Tensor | None = None
     pred_class: torch.Tensor | None = None

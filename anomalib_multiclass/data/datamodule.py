@@ -41,13 +41,6 @@ class EmptyCategoryError(ValueError):
     """A category has no training images."""
 
 
-def check_category_names(trained: Sequence[str], given: Sequence[str]) -> None:
-    """Raise unless ``given`` numbers the categories exactly as the model was trained (``trained``)."""
-    from anomalib_multiclass.models.components.base import check_category_names as _check
-
-    _check(list(trained), list(given))
-
-
 class MultiClassDataModule(AnomalibDataModule):
     """Base of the multi-category datamodules: several categories, one class-index space.
 

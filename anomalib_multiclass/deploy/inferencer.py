@@ -10,7 +10,6 @@ and, for a model without a classifier, applies a given category's threshold.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -22,17 +21,11 @@ import torch
 from anomalib.data import InferenceBatch, NumpyImageBatch
 from anomalib.deploy import OpenVINOInferencer, TorchInferencer
 
+from anomalib_multiclass.category_map import METADATA_FILE, read_metadata
 from anomalib_multiclass.data.dataclasses import MultiClassImageBatch
-
-METADATA_FILE = "multiclass_metadata.json"
+from anomalib_multiclass.post_processing import ClassAwarePostProcessor
 
 logger = logging.getLogger(__name__)
-
-
-def read_metadata(model_path: str | Path) -> dict[str, Any]:
-    """The metadata written at export, from the folder of ``model_path`` (empty if there is none)."""
-    path = Path(model_path).parent / METADATA_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def hide_extra_outputs(model_path: str | Path) -> list[str]:
@@ -100,6 +93,7 @@ class MultiClassOpenVINOInferencer(OpenVINOInferencer):
             msg = f"Category {category!r} was not seen in training. The model knows {self.category_names}."
             raise ValueError(msg)
         self.category = category
+        self._post_processor: ClassAwarePostProcessor | None = None
 
     def load_model(self, path: str | Path | tuple[bytes, bytes]) -> tuple[Any, Any, Any]:
         """Load as anomalib does, with the outputs hidden at export (``pred_class``) made outputs again."""
@@ -140,32 +134,35 @@ class MultiClassOpenVINOInferencer(OpenVINOInferencer):
         return batch
 
     def _class_thresholds(self, outputs: dict[str, np.ndarray], class_index: int) -> dict[str, np.ndarray]:
-        """Re-threshold the exported (globally post-processed) outputs with one category's values."""
-        table = self.metadata.get("thresholds", {})
-        names = self.category_names
-        own, glob = table.get(names[class_index], {}), table.get("global", {})
-        if not own or not glob:
-            return {}
-        result = {}
-        for kind, key in (("image", "pred_score"), ("pixel", "anomaly_map")):
-            if key not in outputs:
-                continue
-            raw = _denormalize(np.asarray(outputs[key]), glob, kind)
-            low, high, threshold = (own.get(f"{kind}_{n}") for n in ("min", "max", "threshold"))
-            if any(v is None or np.isnan(v) for v in (low, high, threshold)):
-                continue
-            normalized = np.clip((raw - threshold) / max(high - low, 1e-12) + 0.5, 0.0, 1.0)
-            result[key] = normalized
-            result["pred_label" if kind == "image" else "pred_mask"] = normalized > 0.5
-        return result
+        """Re-normalise and re-threshold the exported (globally post-processed) outputs for one category."""
+        if self._post_processor is None:
+            self._post_processor = post_processor_from_metadata(self.metadata)
+        return per_category_outputs(self._post_processor, outputs, class_index)
 
 
-def _denormalize(values: np.ndarray, glob: dict[str, float], kind: str) -> np.ndarray:
-    """Undo the global min-max normalisation of the exported graph (exact inside the clipping range)."""
-    low, high, threshold = glob.get(f"{kind}_min"), glob.get(f"{kind}_max"), glob.get(f"{kind}_threshold")
-    if any(v is None or np.isnan(v) for v in (low, high, threshold)):
-        return values
-    return (values - 0.5) * (high - low) + threshold
+def post_processor_from_metadata(metadata: dict[str, Any]) -> ClassAwarePostProcessor:
+    """The exported model's class-aware post-processor, rebuilt from ``multiclass_metadata.json``."""
+    return ClassAwarePostProcessor.from_table(
+        metadata.get("thresholds", {}), metadata.get("category_names") or [], metadata.get("post_processor")
+    )
+
+
+def per_category_outputs(
+    post_processor: ClassAwarePostProcessor, outputs: dict[str, np.ndarray], class_index: int
+) -> dict[str, np.ndarray]:
+    """Scores, maps, labels and masks of one category from a graph's globally normalised outputs.
+
+    The post-processor's own maths: undo the global normalisation, then apply the category's range and threshold.
+    """
+    score = torch.as_tensor(np.asarray(outputs["pred_score"], dtype=np.float32)).reshape(-1)
+    raw_score = post_processor.undo_global_normalization(score, "image")
+    raw_map = None
+    if outputs.get("anomaly_map") is not None:
+        anomaly_map = torch.as_tensor(np.asarray(outputs["anomaly_map"], dtype=np.float32))
+        raw_map = post_processor.undo_global_normalization(anomaly_map, "pixel")
+    applied = post_processor.apply(raw_score, raw_map, class_index)
+    return {key: value.numpy().reshape(np.shape(outputs[key]) if key in outputs else value.shape)
+            for key, value in applied.items() if value is not None}  # fmt: skip
 
 
 class MultiClassTorchInferencer(TorchInferencer):

@@ -42,6 +42,7 @@ from anomalib_multiclass.evaluation.protocol import (
     undefined_reason,
 )
 from anomalib_multiclass.evaluation.table import ALL_CATEGORY, dataset_of, format_report, is_summary_row, write_results
+from anomalib_multiclass.utils.console import show
 from anomalib_multiclass.utils.distributed import broadcast, gather_records
 
 logger = logging.getLogger(__name__)
@@ -205,8 +206,7 @@ class PerCategoryEvaluator(Evaluator):
 
     @rank_zero_only
     def _report(self, trainer: Trainer, names: list[str]) -> None:
-        # the run's result, on stdout as Lightning's own results table (a log line would go to stderr)
-        print(f"\n{format_report(self.results, names, self.notes)}\n", flush=True)
+        show(f"\n{format_report(self.results, names, self.notes)}\n")
         directory = self._directory(trainer)
         if directory is not None:
             self.write(directory)

@@ -33,7 +33,7 @@ from anomalib.metrics import F1AdaptiveThreshold
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
 
-from anomalib_multiclass.models.components.base import MultiClassInferenceBatch
+from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
 from anomalib_multiclass.utils.distributed import broadcast, gather_records
 
 logger = logging.getLogger(__name__)
@@ -260,6 +260,47 @@ class ClassAwarePostProcessor(PostProcessor):
             "pixel_max": float(self.pixel_max),
         }
         return table
+
+    @classmethod
+    def from_table(
+        cls, table: dict[str, dict[str, float]], category_names: list[str], config: dict[str, Any] | None = None
+    ) -> ClassAwarePostProcessor:
+        """The post-processor that :meth:`per_class_thresholds` (and :meth:`checkpoint_config`) describe.
+
+        Deployment rebuilds it from an exported model's metadata, so that it applies exactly this class's maths.
+        """
+        post_processor = cls(num_classes=len(category_names))
+        post_processor.load_checkpoint_config(config or {})
+        for buffer, name in zip(_GLOBAL_BUFFERS, _STATISTICS, strict=True):
+            value = table.get("global", {}).get(name)
+            if value is not None:
+                getattr(post_processor, buffer).fill_(value)
+        for index, category in enumerate(category_names):
+            for name in _STATISTICS:
+                value = table.get(category, {}).get(name)
+                if value is not None:
+                    getattr(post_processor, f"class_{name}")[index] = value
+        return post_processor
+
+    def undo_global_normalization(self, values: torch.Tensor, level: str) -> torch.Tensor:
+        """Raw values from globally normalised ones (what the exported graph of a model without classifier outputs).
+
+        Exact where the normalised value lies strictly between 0 and 1; values the graph clamped to 0 or 1 come back
+        as the end of the range they were clamped at (a log line says so).
+        """
+        low, high = getattr(self, f"{level}_min"), getattr(self, f"{level}_max")
+        threshold = self.image_threshold if level == "image" else self.pixel_threshold
+        if torch.isnan(low) or torch.isnan(high):
+            return values
+        threshold = torch.where(torch.isnan(threshold), (high + low) / 2, threshold)
+        if not getattr(self, "_told_clamped", False) and bool(((values <= 0) | (values >= 1)).any()):
+            self._told_clamped = True
+            logger.info(
+                "Some %s values were clamped to [0, 1] by the exported graph's global normalisation: their "
+                "per-category values are approximate (the clamped end of the global range).",
+                level,
+            )
+        return (values - 0.5) * (high - low) + threshold
 
     def apply(self, pred_score: torch.Tensor, anomaly_map: torch.Tensor | None, class_index: int | None) -> dict:
         """Normalise and threshold raw outputs (e.g. of an exported model) for images of one known class."""

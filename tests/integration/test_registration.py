@@ -111,3 +111,16 @@ def test_anomalib_benchmark_pipeline_runs_our_model_by_short_name(synthetic_root
     for category in ("brick", "coffee", "grass"):
         assert 0.0 <= result[f"image_AUROC/{category}"] <= 1.0
     assert "pixel_AUROC/pooled" in result
+
+
+def test_publishing_does_not_depend_on_how_our_modules_are_written(monkeypatch):
+    """The hook knows a module is complete because it ran it to the end, not from its last statement."""
+    import anomalib.models
+
+    import anomalib_multiclass.models as ours
+    from anomalib_multiclass import _registration
+
+    monkeypatch.delattr(ours, "__all__")
+    monkeypatch.delattr(anomalib.models, "UniAD")
+    _registration._publish("anomalib.models")
+    assert anomalib.models.UniAD is ours.UniAD

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from anomalib_multiclass.models.omni_ad import OmniAD, OmniADModel, OmniBlock
+from anomalib_multiclass.models.omni_ad.blocks import PatchExpand, attention_with_bias
 from anomalib_multiclass.models.omni_ad.loss import OmniADLoss
-from anomalib_multiclass.models.omni_ad.torch_model import PatchExpand, attention_with_bias
 from tests.conftest import TINY_OMNI_AD
 
 # learnable parameters at the paper configuration (ResNet-34, T = 64, depths 3-9-9-7), see the model README

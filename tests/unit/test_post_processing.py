@@ -1,5 +1,6 @@
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,3 +87,28 @@ def test_per_class_values_survive_a_state_dict_round_trip():
     assert set(table) == {"a", "b", "global"}
     result = restored.apply(torch.tensor([0.65]), None, class_index=0)
     assert result["pred_label"].tolist() == [True]
+
+
+def test_deploy_per_category_path_is_the_post_processor_maths():
+    """The OpenVINO inferencer's `category=` path: globally normalised graph outputs, re-normalised for one category,
+    equal the PyTorch post-processor applied to the raw scores of that category."""
+    from anomalib_multiclass.deploy.inferencer import per_category_outputs, post_processor_from_metadata
+
+    post_processor = ClassAwarePostProcessor(num_classes=2, image_sensitivity=0.4)
+    _fit(post_processor)
+    names = ["low", "high"]
+    metadata = {
+        "category_names": names,
+        "thresholds": post_processor.per_class_thresholds(names),
+        "post_processor": post_processor.checkpoint_config(),
+    }
+    deployed = post_processor_from_metadata(metadata)
+    assert deployed.image_sensitivity == 0.4
+    raw = torch.tensor([0.3, 0.65, 4.5, 5.1])
+    graph = post_processor(SimpleNamespace(pred_score=raw, anomaly_map=None))  # the exported graph: global values
+    assert bool(((graph.pred_score > 0) & (graph.pred_score < 1)).all())  # not clamped: the inverse is exact
+    for class_index in (0, 1):
+        expected = post_processor.apply(raw, None, class_index)
+        got = per_category_outputs(deployed, {"pred_score": graph.pred_score.numpy()}, class_index)
+        np.testing.assert_allclose(got["pred_score"], expected["pred_score"].numpy(), atol=1e-5)
+        assert got["pred_label"].tolist() == expected["pred_label"].tolist()

@@ -159,3 +159,13 @@ def test_initialisation_follows_the_official_code():
         assert layer.weight.abs().max() <= bound + 1e-6
         assert layer.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)  # U(-b, b): std b / sqrt(3)
         assert torch.count_nonzero(layer.bias) == 0
+
+
+def test_a_pre_processor_of_another_size_is_refused_with_the_fix():
+    from anomalib.pre_processing import PreProcessor
+    from torchvision.transforms.v2 import Resize
+
+    model = UniAD(**MODEL_ARGS, pre_processor=PreProcessor(transform=Resize((96, 96))))
+    with pytest.raises(ValueError, match=r"built for \(64, 64\) images.*resizes to \(96, 96\).*input_size"):
+        model.setup("fit")
+    UniAD(**MODEL_ARGS, pre_processor=PreProcessor(transform=Resize((64, 64)))).setup("fit")  # same size: fine

@@ -20,11 +20,20 @@ from __future__ import annotations
 import logging
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 from anomalib import LearningType
 from torch import nn
+
+from anomalib_multiclass.category_map import (
+    CATEGORY_NAMES_KEY,
+    CategoryMismatchError,
+    check_batch_categories,
+    check_category_names,
+    write_metadata,
+)
+from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
 
 if TYPE_CHECKING:
     from anomalib.data import Batch
@@ -36,32 +45,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CATEGORY_NAMES_KEY = "anomalib_multiclass_category_names"
 ONNX_OPSET_VERSION = 18
-
-
-class MultiClassInferenceBatch(NamedTuple):
-    """``anomalib``'s ``InferenceBatch`` plus the predicted category index (models that predict it).
-
-    Field order matches ``InferenceBatch`` so positional use stays compatible; ``pred_class`` is
-    ``None`` for models without a classifier and then is not an export output.
-    """
-
-    pred_score: torch.Tensor | None = None
-    pred_label: torch.Tensor | None = None
-    anomaly_map: torch.Tensor | None = None
-    pred_mask: torch.Tensor | None = None
-    pred_class: torch.Tensor | None = None
-
-
-class CategoryMismatchError(ValueError):
-    """The data's categories differ from the ones the model was trained on."""
 
 
 class MultiClassMixin:
     """Multi-class behaviour for an ``AnomalibModule`` (put it first in the bases)."""
 
     category_names: list[str] | None = None
+    model_input_size: tuple[int, int]  # set by each model before anomalib's __init__ builds the pre-processor
+    backbone_name: str
     # INT8 export (INT8_PTQ / INT8_ACQ) keeps the frozen encoder in floating point; True quantizes it too (faster,
     # less accurate: its features are what the model reconstructs, see ``deploy/quantize.py``)
     int8_quantize_encoder: bool = False
@@ -142,6 +134,12 @@ class MultiClassMixin:
         callbacks += epoch_progress_callbacks(getattr(self, "_trainer", None))
         return callbacks
 
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No sanity validation (thresholds are learnt on the real pass); the model's gradient clipping, if any."""
+        clip = getattr(self, "gradient_clip_val", None)
+        return {"num_sanity_val_steps": 0, **({"gradient_clip_val": clip} if clip else {})}
+
     def configure_pre_processor(self, image_size: tuple[int, int] | None = None) -> PreProcessor:
         """Resize to the model's input size, normalise as its backbone's pretrained weights expect.
 
@@ -151,7 +149,7 @@ class MultiClassMixin:
         """
         from anomalib_multiclass.models.components.training import backbone_pre_processor
 
-        size = image_size or getattr(self, "model_input_size", None) or (256, 256)
+        size = image_size or self.model_input_size
         return backbone_pre_processor(getattr(self, "backbone_name", ""), size)
 
     @staticmethod
@@ -176,20 +174,17 @@ class MultiClassMixin:
 
     def export_metadata(self) -> dict[str, Any]:
         """What travels with an exported model: category names and per-category thresholds."""
-        table = getattr(getattr(self, "post_processor", None), "per_class_thresholds", None)
+        post_processor = getattr(self, "post_processor", None)
+        table = getattr(post_processor, "per_class_thresholds", None)
+        config = getattr(post_processor, "checkpoint_config", None)
         return {
             "category_names": self.category_names,
             "thresholds": table(self.category_names) if table is not None else {},
+            "post_processor": config() if config is not None else {},
         }
 
     def _write_export_metadata(self, model_path: Path, **extra: Any) -> Path:
-        import json
-
-        from anomalib_multiclass.deploy import METADATA_FILE
-
-        path = Path(model_path).parent / METADATA_FILE
-        path.write_text(json.dumps({**self.export_metadata(), **extra}, indent=2))
-        return path
+        return write_metadata(model_path, {**self.export_metadata(), **extra})
 
     def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
         """Anomalib's ONNX export at opset 18, plus ``multiclass_metadata.json`` next to the model.
@@ -252,7 +247,28 @@ class MultiClassMixin:
             else:
                 check_category_names(self.category_names, names)
         self._sync_post_processor()
+        self._check_pre_processor_size()
         super().setup(stage)  # type: ignore[misc]
+
+    def _check_pre_processor_size(self) -> None:
+        """A pre-processor that resizes to another size than the network was built for is refused, clearly."""
+        from torchvision.transforms.v2 import Compose, Resize
+
+        def leaves(transform: Any) -> list[Any]:
+            if isinstance(transform, Compose):
+                return [leaf for child in transform.transforms for leaf in leaves(child)]
+            return [transform]
+
+        transform = getattr(getattr(self, "pre_processor", None), "transform", None)
+        sizes = [tuple(t.size) for t in leaves(transform) if isinstance(t, Resize) and t.size is not None]
+        if sizes and len(sizes[-1]) == 2 and sizes[-1] != tuple(self.model_input_size):
+            msg = (
+                f"{type(self).__name__} was built for {tuple(self.model_input_size)} images (its token grid, masks and "
+                f"positional embeddings), but its pre-processor resizes to {sizes[-1]}. Build the model with "
+                f'input_size={list(sizes[-1])} (command line: --model.input_size "{list(sizes[-1])}"), or resize to '
+                f"{list(self.model_input_size)} in the pre-processor."
+            )
+            raise ValueError(msg)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
@@ -284,11 +300,6 @@ class MultiClassMixin:
             given = self._datamodule_category_names()
             if given is not None:
                 check_category_names(self.category_names, given)
-        # size the per-class tables as saved, before the state dict is loaded
-        saved = checkpoint.get("state_dict", {}).get("post_processor.class_image_threshold")
-        resize = getattr(getattr(self, "post_processor", None), "set_num_classes", None)
-        if saved is not None and resize is not None:
-            resize(int(saved.shape[0]))
 
     def _adopt_checkpoint_arguments(self, saved: dict[str, Any]) -> None:
         """Rebuild the network with the checkpoint's constructor arguments where the given model differs.
@@ -336,48 +347,6 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
-def check_category_names(trained: list[str], given: list[str]) -> None:
-    """Raise a clear error unless ``given`` uses the trained categories with the same indices.
-
-    A subset of the trained categories, in the trained order, is accepted as long as the datamodule
-    maps each name to the trained index; anything else is a mismatch.
-    """
-    if given == trained:
-        return
-    unknown = [name for name in given if name not in trained]
-    if unknown:
-        msg = (
-            f"Categories {unknown} were not seen in training. The model was trained on {trained}. "
-            "Test on those categories, or retrain with them."
-        )
-        raise CategoryMismatchError(msg)
-    msg = (
-        f"The datamodule numbers its categories {given}, the model was trained with {trained}. "
-        f"Pass the trained order to the datamodule so class indices keep their meaning: "
-        f'`category_names={trained}` (command line: `--data.category_names "[{", ".join(trained)}]"`); '
-        "`categories` may then be any subset of them."
-    )
-    raise CategoryMismatchError(msg)
-
-
-def check_batch_categories(trained: list[str] | None, batch: Any) -> None:
-    """Raise unless every ``(category, class_index)`` pair of ``batch`` has the trained meaning."""
-    categories, classes = getattr(batch, "category", None), getattr(batch, "class_index", None)
-    if trained is None or categories is None or not isinstance(classes, torch.Tensor):
-        return
-    for category, index in dict.fromkeys(zip(categories, classes.reshape(-1).tolist(), strict=True)):
-        if 0 <= index < len(trained) and trained[index] == category:
-            continue
-        if category not in trained:
-            check_category_names(trained, [category])  # raises: not seen in training
-        msg = (
-            f"The data gives category {category!r} the class index {index}; the model was trained with it as "
-            f"{trained.index(category)} (order {trained}). Build the dataset or datamodule with "
-            f"`category_names={trained}`."
-        )
-        raise CategoryMismatchError(msg)
-
-
 def as_multiclass_batch(batch: Batch) -> Batch:
     """``batch`` as a :class:`MultiClassImageBatch` (which keeps ``pred_class``) if it is a plain ``ImageBatch``."""
     from anomalib.data import ImageBatch
@@ -387,3 +356,14 @@ def as_multiclass_batch(batch: Batch) -> Batch:
     if isinstance(batch, MultiClassImageBatch) or type(batch) is not ImageBatch:
         return batch
     return MultiClassImageBatch(**{f.name: getattr(batch, f.name) for f in fields(batch) if f.init})
+
+
+__all__ = [
+    "CATEGORY_NAMES_KEY",
+    "CategoryMismatchError",
+    "MultiClassInferenceBatch",
+    "MultiClassMixin",
+    "as_multiclass_batch",
+    "check_batch_categories",
+    "check_category_names",
+]

@@ -107,7 +107,50 @@ def _is_download_error(error: BaseException) -> bool:
     return False
 
 
-class MultiStageFeatureExtractor(nn.Module):
+class FrozenBackbone(nn.Module):
+    """A frozen timm backbone (anomalib's ``TimmFeatureExtractor``) that stays in eval mode in training too.
+
+    The one owner of "frozen": no gradients, batch-norm statistics fixed whatever the parent's mode. Its
+    ``forward`` gives the selected stages' maps.
+
+    Args:
+        backbone: timm model name.
+        layers: timm out-indices or layer names of the stages.
+        pre_trained: Load ImageNet weights through timm.
+        weights: Local file with the backbone's weights instead of timm's download.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        layers: Sequence[int | str],
+        pre_trained: bool = True,
+        weights: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.extractor = timm_feature_extractor(backbone, layers, pre_trained=pre_trained, weights=weights).eval()
+        self.extractor.requires_grad_(False)
+        self.layers = list(layers)
+        self.out_dims = [int(d) for d in self.extractor.out_dims]
+        self.reductions = [int(r) for r in self.extractor.reductions]
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        """The backbone stays in eval mode (frozen batch-norm statistics) whatever the parent's mode."""
+        super().train(mode)
+        self.extractor.eval()
+        return self
+
+    @torch.no_grad()
+    def stage_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Images (B, 3, H, W) -> the stage maps, each at its own resolution."""
+        return list(self.extractor(images).values())
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
+        """The stage maps (subclasses may combine them)."""
+        return self.stage_features(images)
+
+
+class MultiStageFeatureExtractor(FrozenBackbone):
     """A frozen timm backbone whose stages are resized to one map size and concatenated.
 
     The stages are timm ``features_only`` out-indices (for EfficientNets index 0..3 are the stages at
@@ -134,16 +177,10 @@ class MultiStageFeatureExtractor(nn.Module):
         truncate: bool = False,
         weights: str | Path | None = None,
     ) -> None:
-        super().__init__()
-        self.extractor = timm_feature_extractor(backbone, layers, pre_trained=pre_trained, weights=weights).eval()
+        super().__init__(backbone, layers, pre_trained=pre_trained, weights=weights)
         if truncate:
             _truncate_after_last_stage(self.extractor.feature_extractor)
-        for parameter in self.extractor.parameters():
-            parameter.requires_grad_(False)
-        self.layers = list(layers)
         self.align_to = align_to
-        self.out_dims = list(self.extractor.out_dims)
-        self.reductions = list(self.extractor.reductions)
 
     @property
     def num_features(self) -> int:
@@ -162,12 +199,6 @@ class MultiStageFeatureExtractor(nn.Module):
             raise ValueError(msg)
         return input_size[0] // self.stride, input_size[1] // self.stride
 
-    def train(self, mode: bool = True) -> MultiStageFeatureExtractor:
-        """The backbone stays in eval mode (frozen batch-norm statistics) whatever the parent's mode."""
-        super().train(mode)
-        self.extractor.eval()
-        return self
-
     def grids(self, input_size: tuple[int, int]) -> list[tuple[int, int]]:
         """Map size of every stage for ``input_size`` images (a multiple of the deepest stride)."""
         deepest = max(self.reductions)
@@ -175,11 +206,6 @@ class MultiStageFeatureExtractor(nn.Module):
             msg = f"input_size {tuple(input_size)} must be a multiple of the backbone stride {deepest}."
             raise ValueError(msg)
         return [(input_size[0] // r, input_size[1] // r) for r in self.reductions]
-
-    @torch.no_grad()
-    def stage_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Images (B, 3, H, W) -> the stage maps, each at its own resolution."""
-        return list(self.extractor(images).values())
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

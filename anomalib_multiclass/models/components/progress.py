@@ -21,6 +21,8 @@ from typing import Any, TextIO
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from anomalib_multiclass.utils.console import show
+
 
 def _size(nbytes: int) -> str:
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
@@ -92,7 +94,11 @@ class EpochProgressPrinter(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Print the epoch's line (global-zero rank only)."""
         if trainer.is_global_zero:
-            print(self.format_line(trainer, pl_module), file=self.stream or sys.stdout, flush=True)
+            line = self.format_line(trainer, pl_module)
+            if self.stream is None:
+                show(line)
+            else:
+                print(line, file=self.stream, flush=True)
 
     def format_line(self, trainer: Trainer, pl_module: LightningModule) -> str:
         """The epoch's progress line."""

@@ -20,7 +20,7 @@ from anomalib.models.components.backbone import get_decoder
 from anomalib.models.image.reverse_distillation.components import get_bottleneck_layer
 from torch import nn
 
-from anomalib_multiclass.models.components.base import MultiClassInferenceBatch
+from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
 from anomalib_multiclass.models.components.feature_extractor import _truncate_after_last_stage, timm_feature_extractor
 from anomalib_multiclass.models.lgc.mirrored_rd import (
     EncoderWidths,

@@ -21,6 +21,7 @@ from anomalib_multiclass.models.components.training import (
 )
 from anomalib_multiclass.models.mint_ad.loss import MintADLoss
 from anomalib_multiclass.models.mint_ad.torch_model import MintADModel
+from anomalib_multiclass.utils.console import show
 
 
 class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
@@ -150,13 +151,16 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
     def setup(self, stage: str) -> None:
         """Size the classifier from the categories (one class when the data has no category map)."""
         super().setup(stage)
+        self._build_for_categories()
+
+    def _build_for_categories(self) -> None:
+        """One class per category the model knows; else as built (``num_classes``); else one."""
         self._build(self.num_classes or (self.model.num_classes if self.model is not None else 1))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Build the network for the checkpoint's categories before its weights are loaded."""
+        """Build the network for the checkpoint's categories (saved with it) before its weights are loaded."""
         super().on_load_checkpoint(checkpoint)
-        head = checkpoint.get("state_dict", {}).get("model.prompt_mapper.head.weight")
-        self._build(len(self.category_names) if self.category_names else head.shape[0] if head is not None else 1)
+        self._build_for_categories()
 
     def _classes(self, batch: Batch) -> torch.Tensor | None:
         classes = getattr(batch, "class_index", None)
@@ -207,15 +211,10 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         mean = sum(accuracies.values()) / len(accuracies)
         self.log("class_accuracy/mean", mean)
         rows = "\n".join(f"  {category:<24} {accuracy:.4f}" for category, accuracy in accuracies.items())
-        print(f"\nMINT-AD class prediction accuracy per category:\n{rows}\n  {'mean':<24} {mean:.4f}\n")
+        show(f"\nMINT-AD class prediction accuracy per category:\n{rows}\n  {'mean':<24} {mean:.4f}\n")
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW lr 1e-4, weight decay 1e-4, × 0.1 at epoch 800 of 1000 (the paper)."""
         return adamw_with_step_decay(
             self.model.parameters(), self.lr, self.weight_decay, self.lr_step_epochs, self.lr_gamma
         )
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """Gradient clipping as UniAD; no sanity validation."""
-        return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}

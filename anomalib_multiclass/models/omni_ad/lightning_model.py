@@ -7,11 +7,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
-from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn, optim
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
@@ -65,6 +63,8 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         evaluator: true: per-category test metrics (image/pixel AUROC, AP, F1-max, AUPRO); false: none; or an Evaluator.
         visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
     """
+
+    loss_inputs = ("reconstructions", "features")  # the torch model's training outputs the loss takes, in order
 
     def __init__(
         self,
@@ -126,14 +126,6 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         self.gradient_clip_val = gradient_clip_val
         self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
 
-    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Reconstruct the teacher maps from the jittered neck output; Σ MSE over the three scales."""
-        del args, kwargs
-        output = self.model(batch.image, features=self.cached_features(batch))
-        loss = self.loss(output["reconstructions"], output["features"])
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
-        return {"loss": loss}
-
     def _decay_step(self) -> int | None:
         """Optimiser step at which the learning rate drops (80 % of the run), or ``None`` if the run is unbounded."""
         trainer = getattr(self, "_trainer", None)
@@ -157,8 +149,3 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         milestones = [] if milestone is None else [milestone]
         scheduler = optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=self.lr_gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """Gradient clipping (5.0, global L2 norm); no sanity validation (thresholds come from the real pass)."""
-        return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}

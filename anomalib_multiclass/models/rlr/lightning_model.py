@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
-from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn, optim
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
@@ -53,6 +50,8 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         evaluator: true: per-category test metrics (image/pixel AUROC, AP, F1-max, AUPRO); false: none; or an Evaluator.
         visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
     """
+
+    loss_inputs = ("reconstructions", "features")  # the torch model's training outputs the loss takes, in order
 
     def __init__(
         self,
@@ -108,19 +107,6 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         self.lr = lr
         self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
 
-    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Reconstruct every level from its perturbed tokens; one summed loss, one optimiser step."""
-        del args, kwargs
-        output = self.model(batch.image, features=self.cached_features(batch))
-        loss = self.loss(output["reconstructions"], output["features"])
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
-        return {"loss": loss}
-
     def configure_optimizers(self) -> optim.Optimizer:
         """Adam, lr 1e-4, betas (0.9, 0.999), no weight decay, no schedule (the official code)."""
         return optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.lr)
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """No gradient clipping (the official code has none); no sanity validation."""
-        return {"num_sanity_val_steps": 0}

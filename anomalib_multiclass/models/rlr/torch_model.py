@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from anomalib.models.components import GaussianBlur2d
 from torch import nn
 
+from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
 from anomalib_multiclass.models.components.attention import (
     LocalWindowAttention,
     MultiHeadAttention,
     neighbor_mask,
     window_index,
 )
-from anomalib_multiclass.models.components.base import MultiClassInferenceBatch
 from anomalib_multiclass.models.components.feature_extractor import MultiStageFeatureExtractor
 from anomalib_multiclass.models.components.jitter import feature_jitter
 

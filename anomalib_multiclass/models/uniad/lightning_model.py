@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
-from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
@@ -64,6 +62,8 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         evaluator: true: per-category test metrics (image/pixel AUROC, AP, F1-max, AUPRO); false: none; or an Evaluator.
         visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
     """
+
+    loss_inputs = ("reconstruction", "features")  # the torch model's training outputs the loss takes, in order
 
     def __init__(
         self,
@@ -131,21 +131,8 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         self.gradient_clip_val = gradient_clip_val
         self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
 
-    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Reconstruct the (jittered) frozen features; MSE to the clean ones."""
-        del args, kwargs
-        output = self.model(batch.image, features=self.cached_features(batch))
-        loss = self.loss(output["reconstruction"], output["features"])
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
-        return {"loss": loss}
-
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with a step decay (UniAD: lr 1e-4, weight decay 1e-4, × 0.1 at epoch 800)."""
         return adamw_with_step_decay(
             self.model.parameters(), self.lr, self.weight_decay, self.lr_step_epochs, self.lr_gamma
         )
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """Gradient clipping (0.1); no sanity validation (thresholds are learnt on the real validation pass)."""
-        return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomalib_multiclass.models.components.base import MultiClassInferenceBatch
+from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
 from anomalib_multiclass.models.components.feature_extractor import MultiStageFeatureExtractor
 from anomalib_multiclass.models.components.jitter import feature_jitter
 from anomalib_multiclass.models.components.reconstruction import ReconstructionTransformer
