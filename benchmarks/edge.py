@@ -287,8 +287,9 @@ What INT8 keeps in floating point, and why (`quantization_settings` in `anomalib
   directly; the "INT8, encoder too" rows measure what quantizing it as well gains in speed and costs in AUROC;
 - the anomaly-map head (every operation on a one-channel map: upsampling, Gaussian smoothing, pooling), whose
   8-bit range, set on normal calibration images, would clip the larger distances of defects;
-- in the transformer models (UniAD, MINT-AD, RLR, Omni-AD): softmax, layer norms and the products of two
-  activations in attention (NNCF's transformer model type).
+- softmax, layer and instance norms, and the products of two activations in attention (NNCF's transformer model
+  type, chosen for every graph with softmax or normalisation layers: all five here, LGC for its projector's
+  instance norms).
 
 Layers left in floating point run in the CPU plugin's default precision ({precision} here): the INT8 rows'
 speed-up over fp32 is that of INT8 on the quantized layers plus {precision} on the rest; the fp16 rows show what

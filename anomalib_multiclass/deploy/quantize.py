@@ -1,9 +1,9 @@
 """INT8 OpenVINO models calibrated on images of every category (NNCF).
 
-anomalib 2.7 quantizes with the first images of ``datamodule.val_dataloader()``: with several categories in
-one model that calibration set can miss whole categories, and its accuracy-control path does not run with
-NNCF 3 (its validation function returns one value where NNCF asks for a pair). Here calibration takes the same
-number of images from every category (``images_per_category``, seeded), and accuracy control validates per
+anomalib 2.7 calibrates on ``datamodule.val_dataloader()`` as it comes (NNCF takes up to 300 samples): with
+several categories in one model nothing makes that set cover every category, and its accuracy-control path does
+not run with NNCF 3 (its validation function returns one value where NNCF asks for a pair). Here calibration takes
+the same number of images from every category (``images_per_category``, seeded), and accuracy control validates per
 category: the quantity it guards is the mean over categories of a metric, and NNCF ranks the layers to restore
 by how much each changes the model's outputs.
 
@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGES_PER_CATEGORY = 32
 CALIBRATION_SEED = 0
-# the operations a transformer's accuracy hangs on; NNCF's TRANSFORMER model type keeps them out of INT8
-ATTENTION_OPS = frozenset({"Softmax", "MVN"})
+# softmax (attention) and MVN (layer / instance normalisation): NNCF's TRANSFORMER model type keeps them out of INT8
+FLOAT_SENSITIVE_OPS = frozenset({"Softmax", "MVN"})
 
 
 def require_nncf() -> Any:
@@ -133,11 +133,15 @@ def calibration_images(
 
 
 def _model_type(model: ov.Model) -> Any:
-    """NNCF's TRANSFORMER model type for graphs with attention (keeps softmax and normalisation out of INT8)."""
+    """NNCF's TRANSFORMER model type for graphs with softmax or layer / instance normalisation.
+
+    It keeps those operations (and the attention products of two activations) out of INT8 and quantizes
+    activations asymmetrically (they take both signs after normalisation or a leaky ReLU).
+    """
     import nncf
 
-    has_attention = any(op.get_type_name() in ATTENTION_OPS for op in model.get_ops())
-    return nncf.ModelType.TRANSFORMER if has_attention else None
+    sensitive = any(op.get_type_name() in FLOAT_SENSITIVE_OPS for op in model.get_ops())
+    return nncf.ModelType.TRANSFORMER if sensitive else None
 
 
 def anomaly_map_operations(model: ov.Model) -> list[str]:
@@ -196,8 +200,9 @@ def quantization_settings(
 ) -> dict[str, Any]:
     """The ``nncf.quantize`` arguments used for every model of the package, and why.
 
-    - ``model_type=TRANSFORMER`` for graphs with attention: softmax, layer norm and the attention matmul on
-      activations stay in floating point (NNCF's transformer patterns);
+    - ``model_type=TRANSFORMER`` for graphs with softmax or layer / instance normalisation (every model here:
+      attention in UniAD, MINT-AD, RLR and Omni-AD, LGC's instance-normalised projector): those operations and the
+      attention products of two activations stay in floating point, activations are quantized asymmetrically;
     - the anomaly-map operations (:func:`anomaly_map_operations`) stay in floating point, plus ``ignored_scope``;
     - with ``frozen_parameters``, the frozen encoder (:func:`frozen_encoder_operations`) stays in floating point:
       its features are what the learned part reconstructs, and the anomaly score is the small residual between
