@@ -215,7 +215,10 @@ def main(argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--render", type=Path, default=None, help="rewrite the markdown of a saved lgc_claim.json")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        return render(args.render)
     cfg = SIZES[args.size]
     seeds = args.seeds if args.seeds else SEEDS[args.size]
     extra = [] if args.seeds else EXTRA_SEEDS[args.size]
@@ -238,13 +241,19 @@ def main(argv: list[str] | None = None) -> Path:
     if args.output_dir != RESULTS:
         command += f" --output-dir {args.output_dir}"
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    markdown = args.output_dir / "lgc_claim.md"
-    markdown.write_text(report(runs, cfg, seeds, extra, command, minutes))
-    (args.output_dir / "lgc_claim.json").write_text(
-        json.dumps(
-            {"command": command, "minutes": minutes, "seeds": seeds, "extra_seeds": extra, "runs": runs}, indent=2
-        )
-    )
+    saved = {
+        "command": command, "minutes": minutes, "size": args.size, "seeds": seeds, "extra_seeds": extra, "runs": runs,
+    }  # fmt: skip
+    (args.output_dir / "lgc_claim.json").write_text(json.dumps(saved, indent=2))
+    return render(args.output_dir / "lgc_claim.json")
+
+
+def render(saved: Path) -> Path:
+    """Write ``lgc_claim.md`` next to a saved ``lgc_claim.json`` (its numbers; no training)."""
+    data = json.loads(saved.read_text())
+    cfg = SIZES[data["size"]]
+    markdown = saved.with_name("lgc_claim.md")
+    markdown.write_text(report(data["runs"], cfg, data["seeds"], data["extra_seeds"], data["command"], data["minutes"]))
     print(f"wrote {markdown}")
     return markdown
 
