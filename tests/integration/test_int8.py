@@ -18,7 +18,7 @@ from anomalib_multiclass.deploy.quantize import (
     quantize_ptq,
 )
 from anomalib_multiclass.models import LGC, RLR, MintAD, OmniAD, UniAD
-from tests.conftest import TINY_OMNI_AD, TINY_RLR, TINY_UNIAD
+from tests.conftest import TINY_LGC_LITE0, TINY_OMNI_AD, TINY_RLR, TINY_UNIAD
 
 pytest.importorskip("nncf", reason="pip install 'anomalib-multiclass[edge]'")
 openvino = pytest.importorskip("openvino")
@@ -32,7 +32,7 @@ MODELS = {
     "MintAD": (MintAD, {**TINY_MINT_AD, **REAL}),
     "RLR": (RLR, {**TINY_RLR, **REAL}),
     "OmniAD": (OmniAD, {**TINY_OMNI_AD, **REAL}),
-    "LGC": (LGC, {**REAL, "layers": (1, 2, 3), "input_size": (64, 64)}),
+    "LGC": (LGC, {**TINY_LGC_LITE0, **REAL}),
 }
 # Omni-AD after 2 epochs ranks the 64 px test images about at random (fp32 AUROC 0.42): near-tied scores that any
 # perturbation reorders; after 6 it ranks them (0.80), and INT8's AUROC comparison means something
