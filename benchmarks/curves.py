@@ -28,8 +28,9 @@ class CurveRecorder(Callback):
         self.path = Path(path)
         self.points: list[dict[str, float]] = []
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Record the epoch's validation means (logged by the per-category evaluator)."""
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Record the pass's validation means (logged by the per-category evaluator at its epoch end, which runs
+        after this callback's own ``on_validation_epoch_end`` would: the values are read once the pass is over)."""
         del pl_module
         if trainer.sanity_checking:
             return
