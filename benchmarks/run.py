@@ -192,20 +192,16 @@ def _unique_epochs(points: list[dict[str, float]]) -> list[dict[str, float]]:
     return list({int(p["epoch"]): p for p in points}.values())
 
 
-def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> list[Row]:
-    """LGC and its contrastive-off switch on two dataset layouts mixed into one model (the paper's all-in-all).
+def all_in_all_data(cfg: dict[str, Any], work: Path) -> Callable[[], Any]:
+    """Generate the two all-in-all datasets under ``work``; returns a factory of their mixed datamodule.
 
     An MVTec AD layout (read by ``MultiClassFolder``) and a raw VisA layout (converted by anomalib's own
     ``Visa.prepare_data`` inside ``MultiClassVisA``), namespaced ``mvtec/...`` and ``visa/...``, one class-index
-    space, batches that mix both; per category, the mean per dataset and the overall mean.
+    space, batches that mix both.
     """
-    import anomalib_multiclass.models as models
     from anomalib_multiclass.data import MixedMultiClassDataModule, MultiClassFolder, MultiClassVisA
     from anomalib_multiclass.data.synthetic import make_synthetic_dataset
-    from anomalib_multiclass.evaluation.per_category import is_summary_row
 
-    if not hasattr(models, "LGC"):
-        return []
     sizes = {
         "n_train": cfg["mix_train"], "n_test_good": cfg["mix_test_good"], "n_test_defect": cfg["mix_test_defect"],
         "image_size": cfg["image_size"],
@@ -228,6 +224,20 @@ def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> l
             prefixes=["mvtec", "visa"], train_batch_size=8, eval_batch_size=16, num_workers=0,
         )  # fmt: skip
 
+    return mixed
+
+
+def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> list[Row]:
+    """LGC and its contrastive-off switch on two dataset layouts mixed into one model (the paper's all-in-all).
+
+    The data of :func:`all_in_all_data`; per category, the mean per dataset and the overall mean.
+    """
+    import anomalib_multiclass.models as models
+    from anomalib_multiclass.evaluation.per_category import is_summary_row
+
+    if not hasattr(models, "LGC"):
+        return []
+    mixed = all_in_all_data(cfg, work)
     rows = []
     epochs = cfg["schedule"]["LGC"]["epochs"]
     for variant, overrides in _quality_variants("LGC"):

@@ -52,8 +52,15 @@ TINY_OMNI_AD = {
     "num_tokens": 4,
 }
 
-# RD's decoder exists for ResNets only: resnet18 at 64 px keeps every LGC test fast.
+# LGC on resnet18 (RD's own decoder) at 64 px keeps every LGC test fast.
 TINY_LGC = {"backbone": "resnet18", "pre_trained": False, "input_size": (64, 64)}
+# LGC on an edge encoder: EfficientNet-Lite0 stages 1-3 (24/40/112 channels, strides 4/8/16), mirrored RD decoder.
+TINY_LGC_LITE0 = {
+    "backbone": "tf_efficientnet_lite0",
+    "layers": (1, 2, 3),
+    "pre_trained": False,
+    "input_size": (64, 64),
+}
 
 
 @pytest.fixture(scope="session")

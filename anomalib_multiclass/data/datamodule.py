@@ -72,6 +72,7 @@ class MultiClassDataModule(AnomalibDataModule):
         train_view_transform: Transform that builds a second augmented view of each training image
             (``batch.image_view``); null: the model's own (LGC has one), or none.
         verify: Decode every image and mask at setup and fail on the first unreadable file (slower, thorough).
+        calibration_images_per_category: Training images of each category that calibrate an INT8 OpenVINO export.
     """
 
     def __init__(
@@ -92,6 +93,7 @@ class MultiClassDataModule(AnomalibDataModule):
         seed: int | None = None,
         train_view_transform: Transform | None = None,
         verify: bool = False,
+        calibration_images_per_category: int = 32,
     ) -> None:
         super().__init__(
             train_batch_size=train_batch_size,
@@ -117,6 +119,10 @@ class MultiClassDataModule(AnomalibDataModule):
         self._requested_names = list(category_names) if category_names is not None else None
         self.train_view_transform = train_view_transform
         self.verify = verify
+        if calibration_images_per_category < 1:
+            msg = f"calibration_images_per_category must be at least 1, got {calibration_images_per_category}."
+            raise ValueError(msg)
+        self.calibration_images_per_category = calibration_images_per_category
         self._categories: list[str] | None = None
         self._category_names: list[str] | None = None
 

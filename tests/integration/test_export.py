@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from anomalib_multiclass.models import LGC, RLR, MintAD, OmniAD, UniAD
-from tests.conftest import TINY_LGC, TINY_OMNI_AD, TINY_RLR, TINY_UNIAD
+from tests.conftest import TINY_LGC, TINY_LGC_LITE0, TINY_OMNI_AD, TINY_RLR, TINY_UNIAD
 
 TINY_MINT_AD = {k: v for k, v in TINY_UNIAD.items() if k not in {"neighbor_size", "pool_size", "layers"}}
 FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -15,6 +15,7 @@ MODELS = {
     "RLR": (RLR, TINY_RLR),
     "OmniAD": (OmniAD, TINY_OMNI_AD),
     "LGC": (LGC, TINY_LGC),
+    "LGC-Lite0": (LGC, TINY_LGC_LITE0),  # the RD decoder mirrored from an edge encoder
 }
 
 

@@ -17,7 +17,13 @@ from anomalib_multiclass.models.lgc import (
     lgc_view_transform,
 )
 from anomalib_multiclass.models.lgc.loss import match_positions
-from tests.conftest import TINY_LGC
+from anomalib_multiclass.models.lgc.mirrored_rd import (
+    EncoderWidths,
+    MirroredBottleneck,
+    MirroredDecoder,
+    uses_resnet_decoder,
+)
+from tests.conftest import TINY_LGC, TINY_LGC_LITE0
 
 # the smallest input RD's stride allows, for the runs that train (the 64 px synthetic images are resized)
 FAST_LGC = {**TINY_LGC, "input_size": (32, 32)}
@@ -73,6 +79,80 @@ def test_bottleneck_without_conv4_is_anomalibs_ocbe():
     assert not unexpected
     features = model.encode(torch.rand(2, 3, 64, 64))
     assert torch.equal(model.bottleneck(features), reference(features))
+
+
+def _shapes(module):
+    return sorted(tuple(p.shape) for p in module.parameters())
+
+
+def test_mirrored_rd_on_resnet18_is_rds_own_plus_one_linear_head_per_stage():
+    """The mirroring rule, read from resnet18's feature_info, rebuilds anomalib's resnet18 bottleneck and decoder."""
+    import timm
+    from anomalib.models.components.backbone import get_decoder
+
+    encoder = timm.create_model("resnet18", features_only=True, out_indices=(1, 2, 3), pretrained=False)
+    info = encoder.feature_info
+    widths = EncoderWidths(info.info, info.channels(), info.reduction())
+    bottleneck, decoder = MirroredBottleneck(widths), MirroredDecoder(widths)
+    reference = get_bottleneck_layer("resnet18")
+    del reference.conv4, reference.bn4
+    assert _shapes(bottleneck) == _shapes(reference)
+    heads = [(c, c, 1, 1) for c in (64, 128, 256)] + [(c,) for c in (64, 128, 256)]
+    assert _shapes(decoder) == sorted(_shapes(get_decoder("resnet18")) + heads)
+    features = [f.detach() for f in encoder(torch.rand(2, 3, 64, 64))]
+    z = bottleneck(features)
+    assert z.shape == (2, 512, 2, 2)
+    assert [d.shape for d in decoder(z)] == [f.shape for f in features]
+
+
+def test_resnets_keep_rds_decoder_any_other_encoder_gets_the_mirrored_one():
+    assert uses_resnet_decoder("wide_resnet50_2", ("layer1", "layer2", "layer3"))
+    assert uses_resnet_decoder("resnet18.a1_in1k", (1, 2, 3))
+    assert not uses_resnet_decoder("resnet18", ("layer2", "layer3"))
+    assert not uses_resnet_decoder("tf_efficientnet_lite0", (1, 2, 3))
+    assert _tiny_model().resnet_decoder
+    assert isinstance(_tiny_model(layers=("layer2", "layer3")).decoder, MirroredDecoder)
+
+
+def test_lite0_encoder_shapes_and_a_training_step():
+    torch.manual_seed(0)
+    module = LGC(**TINY_LGC_LITE0)
+    model = module.model.train()
+    assert not model.resnet_decoder
+    assert len(model.encoder.feature_extractor.blocks) == 5  # the blocks after stage 3 (blocks.4) are dropped
+    images = torch.rand(4, 3, 64, 64)
+    out = model(images, images.flip(-1))
+    assert [f.shape[1:] for f in out["encoder"]] == [(24, 16, 16), (40, 8, 8), (112, 4, 4)]
+    assert [f.shape for f in out["decoder"]] == [f.shape for f in out["encoder"]]
+    assert out["bottleneck"].shape == (4, 320, 2, 2)  # Lite0's next stage: 320 channels at stride 32
+    optimizer = module.configure_optimizers()
+    encoder_before = [p.clone() for p in model.encoder.parameters()]
+    decoder_before = [p.clone() for p in model.decoder.parameters()]
+    losses = module.loss(out, torch.tensor([0, 0, 1, 1]))
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(encoder_before, model.encoder.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(decoder_before, model.decoder.parameters(), strict=True))
+    model.eval()
+    prediction = model(images)
+    assert prediction.anomaly_map.shape == (4, 1, 64, 64)
+    assert torch.isfinite(prediction.anomaly_map).all()
+
+
+def test_decoder_output_can_take_both_signs():
+    """Lite0's stages end in a linear projection (features of both signs): the decoder's stages end linear too."""
+    model = LGCModel(**{**TINY_LGC_LITE0, "pre_trained": False}).eval()
+    features = model.encode(torch.rand(2, 3, 64, 64))
+    assert all((f < 0).any() for f in features)
+    decoded = model.reconstruct(model.projector(features))[1]
+    assert all((d < 0).any() for d in decoded)
+
+
+def test_input_size_must_be_a_multiple_of_twice_the_deepest_stride():
+    with pytest.raises(ValueError, match=r"multiple of 32 \(deepest encoder stage used: stride 16"):
+        LGCModel(**{**TINY_LGC_LITE0, "input_size": (48, 48)})
+    assert LGCModel(**{**TINY_LGC_LITE0, "layers": (1, 2), "input_size": (48, 48)}).input_size == (48, 48)
 
 
 def test_encoder_frozen_and_in_eval_mode_during_training():
@@ -288,23 +368,19 @@ def test_pseudo_labels_when_forced(synthetic_root):
 
 
 def test_pseudo_labels_recover_the_generated_categories(synthetic_root, pretrained_lite0):
-    """With real ImageNet features the k-means pseudo-labels are the categories (up to renaming).
+    """With real ImageNet features (LGC on EfficientNet-Lite0) the k-means pseudo-labels are the categories.
 
-    No ResNet ImageNet weights can be had offline, so the pooled features come from the real EfficientNet-Lite0
-    (a random resnet18 splits the brick crops); everything else is LGC's own pseudo-label pass.
+    Up to renaming; a random resnet18 splits the brick crops.
     """
     del pretrained_lite0  # installs the weights into the offline hub cache
     from pathlib import Path
 
-    from anomalib.models.components.feature_extractors import TimmFeatureExtractor
     from lightning.pytorch import Trainer
 
     from anomalib_multiclass.data import MultiClassFolder
 
     torch.manual_seed(0)
-    module = LGC(**FAST_LGC, pseudo_labels=True, num_clusters=3)
-    imagenet = TimmFeatureExtractor("tf_efficientnet_lite0", layers=["blocks.4"], pre_trained=True).eval()
-    module.model.pooled_features = lambda images: imagenet(images)["blocks.4"].mean(dim=(2, 3))
+    module = LGC(**{**TINY_LGC_LITE0, "pre_trained": True}, pseudo_labels=True, num_clusters=3)
     trainer = Trainer(
         max_steps=1,
         accelerator="cpu",

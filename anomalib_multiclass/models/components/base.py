@@ -54,6 +54,9 @@ class MultiClassMixin:
     category_names: list[str] | None = None
     model_input_size: tuple[int, int]  # set by each model before anomalib's __init__ builds the pre-processor
     backbone_name: str
+    # INT8 export (INT8_PTQ / INT8_ACQ) keeps the frozen encoder in floating point; True quantizes it too (faster,
+    # less accurate: its features are what the model reconstructs, see ``deploy/quantize.py``)
+    int8_quantize_encoder: bool = False
 
     @property
     def train_view_transform(self) -> Transform | None:
@@ -207,6 +210,28 @@ class MultiClassMixin:
         path = super().to_openvino(*args, **kwargs)  # type: ignore[misc]
         self._write_export_metadata(path, hidden_outputs=hide_extra_outputs(path))
         return path
+
+    def _compress_ov_model(
+        self,
+        model: Any,
+        compression_type: Any = None,
+        datamodule: Any = None,
+        metric: Any = None,
+        task: Any = None,
+        max_drop: float = 0.01,
+    ) -> Any:
+        """INT8 compression calibrated on images of every category (``anomalib_multiclass.deploy.quantize``).
+
+        The frozen encoder stays in floating point unless ``int8_quantize_encoder`` is set.
+        """
+        del task
+        from anomalib_multiclass.deploy.quantize import compress_openvino_model
+
+        parameters = self.named_parameters()  # type: ignore[attr-defined]
+        frozen = None if self.int8_quantize_encoder else [name for name, p in parameters if not p.requires_grad]
+        return compress_openvino_model(
+            model, compression_type, datamodule, metric=metric, max_drop=max_drop, frozen_parameters=frozen
+        )
 
     def _sync_post_processor(self) -> None:
         resize = getattr(getattr(self, "post_processor", None), "set_num_classes", None)

@@ -70,18 +70,19 @@ def _leaves(transform: Any) -> list[Any]:
 class LGC(MultiClassMixin, AnomalibModule):
     """LGC: class-aware local and global contrastive learning on Reverse Distillation (Fan et al., 2024).
 
-    RD (frozen wide_resnet50_2 layer1-3, OCBE bottleneck, ResNet decoder) with a projector φ_p between encoder and
-    bottleneck. Training adds a local contrastive loss on the projected multi-scale features (positives: matched
-    positions in the image's augmented view; negatives: another class's view) and a supervised contrastive loss
-    on the pooled bottleneck features. Labels are the categories (``batch.class_index``), or k-means
-    pseudo-labels when the data has none; inference needs neither labels nor the second view.
+    RD (frozen wide_resnet50_2 layer1-3, OCBE bottleneck, ResNet decoder; on other timm encoders a bottleneck and
+    decoder mirrored from their stages) with a projector φ_p between encoder and bottleneck. Training adds a local
+    contrastive loss on the projected multi-scale features (positives: matched positions in the image's augmented
+    view; negatives: another class's view) and a supervised contrastive loss on the pooled bottleneck features.
+    Labels are the categories (``batch.class_index``), or k-means pseudo-labels when the data has none; inference
+    needs neither labels nor the second view.
 
     Args:
-        backbone: timm name of the frozen encoder, a ResNet for which anomalib has an RD decoder (``wide_resnet50_2``).
-        layers: Encoder stages distilled by the decoder (RD: ``layer1 layer2 layer3``).
+        backbone: timm name of the frozen encoder: RD's own decoder for ResNets, one mirrored from any other timm CNN.
+        layers: Encoder stages distilled by the decoder, timm module names or out-indices (RD: ``layer1..layer3``).
         pre_trained: Load the encoder's ImageNet weights through timm (downloaded once, then cached).
         backbone_weights: Local timm weights file of the backbone, used instead of the download (offline use).
-        input_size: Image size (height, width) in pixels; a multiple of 32.
+        input_size: Image size (height, width) in pixels; a multiple of twice the deepest stage's stride (32 for RD).
         sigma: Sigma in pixels of the Gaussian smoothing of the anomaly map (4).
         feature_noise: Add the official code's training noise to the projected features (not in the paper).
         feature_noise_prob: Probability that a training batch gets that noise (code: P(N(0, 1) > 0.5) = 0.31).
@@ -108,7 +109,7 @@ class LGC(MultiClassMixin, AnomalibModule):
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
-        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
+        layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
         pre_trained: bool = True,
         backbone_weights: str | None = None,
         input_size: Sequence[int] = (256, 256),

@@ -2,8 +2,10 @@
 
 The RD base is composed from anomalib's own pieces (``TimmFeatureExtractor``, the OCBE bottleneck of
 ``get_bottleneck_layer`` and the ResNet decoder of ``get_decoder``) with a projector φ_p between the frozen
-encoder and the bottleneck (the RD++ layout LGC uses). Training returns what the losses need for a clean
-and an augmented view; evaluation returns RD's anomaly map (1 − cosine of encoder and decoder features).
+encoder and the bottleneck (the RD++ layout LGC uses). Other timm encoders (EfficientNet-Lite0, ...) get a
+bottleneck and decoder mirrored from their ``feature_info`` (``mirrored_rd.py``). Training returns what the
+losses need for a clean and an augmented view; evaluation returns RD's anomaly map (1 − cosine of encoder and
+decoder features).
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from anomalib.models.image.reverse_distillation.components import get_bottleneck
 from torch import nn
 
 from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
-from anomalib_multiclass.models.components.feature_extractor import timm_feature_extractor
+from anomalib_multiclass.models.components.feature_extractor import _truncate_after_last_stage, timm_feature_extractor
+from anomalib_multiclass.models.lgc.mirrored_rd import (
+    EncoderWidths,
+    MirroredBottleneck,
+    MirroredDecoder,
+    uses_resnet_decoder,
+)
 
 # P(N(0, 1) > 0.5): the official code adds feature noise when one standard-normal draw exceeds 0.5.
 CODE_NOISE_PROB = 0.3085375387259869
@@ -32,7 +40,7 @@ class ProjectorStage(nn.Sequential):
     """
 
     def __init__(self, channels: int) -> None:
-        widths = [channels, channels // 2, channels // 4, channels // 2, channels]
+        widths = [channels, max(1, channels // 2), max(1, channels // 4), max(1, channels // 2), channels]
         blocks: list[nn.Module] = []
         for c_in, c_out in itertools.pairwise(widths):
             blocks += [
@@ -74,12 +82,14 @@ class LGCModel(nn.Module):
     """RD with a projector, trained with class-aware contrastive losses (see :class:`LGCLoss`).
 
     Args:
-        backbone: timm name of the frozen encoder; anomalib's RD decoder exists for ResNets only
-            (``resnet18/34/50/101/152``, ``resnext50_32x4d``, ``resnext101_32x8d``, ``wide_resnet50_2/101_2``).
-        layers: Encoder stages (RD: ``layer1..layer3``).
+        backbone: timm name of the frozen encoder; ResNets anomalib has RD's decoder for (``resnet18/34/50/101/152``,
+            ``resnext50_32x4d``, ``resnext101_32x8d``, ``wide_resnet50_2/101_2``) with stages layer1-3 use RD's
+            bottleneck and decoder, any other timm CNN one mirrored from its ``feature_info``.
+        layers: Encoder stages, timm module names or ``features_only`` out-indices (RD: ``layer1..layer3``).
         pre_trained: ImageNet weights for the encoder (timm).
         backbone_weights: Local timm weights file of the backbone, used instead of the download.
-        input_size: Image size (H, W); a multiple of 32 (the bottleneck halves the deepest map once more).
+        input_size: Image size (H, W); a multiple of twice the deepest stage's stride (the bottleneck halves the
+            deepest map once more): 32 for ResNet layer1-3 or Lite0 stages 1-3.
         sigma: Gaussian smoothing of the anomaly map (RD: 4; kernel 2·int(4σ + 0.5) + 1 = 33).
         feature_noise: Training-only noise on the projected clean-view features (official code, not in the
             paper): N(0, 1) on a random half of the positions.
@@ -89,7 +99,7 @@ class LGCModel(nn.Module):
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
-        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
+        layers: Sequence[str | int] = ("layer1", "layer2", "layer3"),
         pre_trained: bool = True,
         backbone_weights: str | None = None,
         input_size: Sequence[int] = (256, 256),
@@ -100,18 +110,31 @@ class LGCModel(nn.Module):
         super().__init__()
         self.backbone = backbone.split(".")[0]
         self.input_size = tuple(int(s) for s in input_size)
-        if self.input_size[0] % 32 or self.input_size[1] % 32:
-            msg = f"input_size {self.input_size} must be a multiple of 32 (encoder stride 16, bottleneck stride 2)."
-            raise ValueError(msg)
         self.encoder = timm_feature_extractor(backbone, layers, pre_trained=pre_trained, weights=backbone_weights)
         self.encoder.requires_grad_(False)
         self.encoder.eval()
+        extractor = self.encoder.feature_extractor
+        # timm's features_only EfficientNets run every block; the ones after the deepest stage used are dropped
+        _truncate_after_last_stage(extractor)
+        widths = EncoderWidths(extractor.feature_info.info, self.encoder.out_dims, extractor.feature_info.reduction())
+        multiple = 2 * widths.deepest
+        if self.input_size[0] % multiple or self.input_size[1] % multiple:
+            msg = (
+                f"input_size {self.input_size} must be a multiple of {multiple} (deepest encoder stage used: stride "
+                f"{widths.deepest}; the bottleneck halves it once more)."
+            )
+            raise ValueError(msg)
         self.projector = Projector(self.encoder.out_dims)
-        self.bottleneck = get_bottleneck_layer(self.backbone)
-        # OCBE builds conv4/bn4 (from the original RD code) but its forward never uses them: deleted, so they are
-        # neither optimised, nor counted, nor saved. The forward pass is unchanged (tests compare with anomalib).
-        del self.bottleneck.conv4, self.bottleneck.bn4
-        self.decoder = get_decoder(self.backbone)
+        self.resnet_decoder = uses_resnet_decoder(backbone, layers)
+        if self.resnet_decoder:
+            self.bottleneck = get_bottleneck_layer(self.backbone)
+            # OCBE builds conv4/bn4 (from the original RD code) but its forward never uses them: deleted, so they
+            # are neither optimised, nor counted, nor saved. The forward is unchanged (tests compare with anomalib).
+            del self.bottleneck.conv4, self.bottleneck.bn4
+            self.decoder = get_decoder(self.backbone)
+        else:
+            self.bottleneck = MirroredBottleneck(widths)
+            self.decoder = MirroredDecoder(widths)
         self.blur = GaussianBlur2d(sigma=(float(sigma), float(sigma)), channels=1)
         self.use_feature_noise = feature_noise
         self.feature_noise_prob = feature_noise_prob

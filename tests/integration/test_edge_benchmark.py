@@ -1,0 +1,43 @@
+"""The edge and LGC-claim benchmark scripts run end to end at their smoke size and write their reports."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(*args: str) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow  # about 4 minutes on 2 cores
+def test_edge_smoke(tmp_path):
+    pytest.importorskip("nncf")
+    _run("benchmarks.edge", "--size", "smoke", "--models", "UniAD", "LGC", "--output-dir", str(tmp_path))
+    report = (tmp_path / "edge.md").read_text()
+    assert "python -m benchmarks.edge --size smoke --models UniAD LGC" in report
+    for model in ("UniAD", "LGC"):
+        for variant in ("fp32", "fp16", "INT8"):
+            assert f"| {model} | {variant}, 64 px, 2 epochs |" in report
+    assert "| UniAD | INT8, encoder too, 64 px, 2 epochs |" in report
+    assert "failed" not in report, report
+    results = json.loads((tmp_path / "edge.json").read_text())["results"]
+    int8 = results["LGC"]["variants"]["INT8"]
+    assert int8["INT8 quantizers"] > 0
+    assert set(int8["auroc"]) == {"brick", "coffee", "grass", "mean"}
+    assert int8["MiB"] < results["LGC"]["variants"]["fp32"]["MiB"] / 2
+
+
+@pytest.mark.slow  # about 3 minutes on 2 cores
+def test_lgc_claim_smoke(tmp_path):
+    _run("benchmarks.lgc_claim", "--size", "smoke", "--output-dir", str(tmp_path))
+    report = (tmp_path / "lgc_claim.md").read_text()
+    for setting in ("unified", "all-in-all"):
+        assert f"| LGC | {setting}, 1 seed |" in report
+        assert f"| RD joint (contrastive off) | {setting}, 1 seed |" in report
+        assert f"| LGC − RD joint | {setting}, paired by seed |" in report
+    assert "failed" not in report, report
