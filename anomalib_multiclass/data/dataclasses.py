@@ -17,20 +17,21 @@ from anomalib.data.dataclasses.torch import ImageBatch, ImageItem
 class MultiClassImageItem(ImageItem):
     """One image with its category name and the integer index of that category.
 
-    ``image_view`` is an optional second, independently augmented view of the same image,
-    produced only in training when the model asks for one (see ``MultiClassMixin.train_view_transform``).
     ``pred_class`` is filled by models that predict the category.
     """
 
     category: str | None = None
     class_index: torch.Tensor | None = None
-    image_view: torch.Tensor | None = None
     pred_class: torch.Tensor | None = None
 
 
 @dataclass
 class MultiClassImageBatch(ImageBatch):
-    """A batch of :class:`MultiClassImageItem`: ``category`` is a list, ``class_index`` shape ``(B,)``."""
+    """A batch of :class:`MultiClassImageItem`: ``category`` is a list, ``class_index`` shape ``(B,)``.
+
+    ``image_view`` is a second, independently augmented view of the images, drawn by a model that trains on one
+    (LGC, in training only).
+    """
 
     item_class: ClassVar[type[MultiClassImageItem]] = MultiClassImageItem
 

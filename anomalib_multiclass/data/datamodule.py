@@ -24,7 +24,7 @@ from anomalib import TaskType
 from anomalib.data.datamodules.base.image import AnomalibDataModule
 from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode
 from anomalib.data.utils.split import random_split
-from torchvision.transforms.v2 import Compose, Resize, Transform
+from torchvision.transforms.v2 import Transform
 
 from anomalib_multiclass.data.dataset import MultiClassDataset, verify_images
 
@@ -69,8 +69,6 @@ class MultiClassDataModule(AnomalibDataModule):
         val_split_ratio: Fraction of each category's test (``from_test``) or training (``from_train``) images
             that become the validation set.
         seed: Random seed of the validation and test splits; null: random splits.
-        train_view_transform: Transform that builds a second augmented view of each training image
-            (``batch.image_view``); null: the model's own (LGC has one), or none.
         verify: Decode every image and mask at setup and fail on the first unreadable file (slower, thorough).
         calibration_images_per_category: Training images of each category that calibrate an INT8 OpenVINO export.
     """
@@ -91,7 +89,6 @@ class MultiClassDataModule(AnomalibDataModule):
         val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
         val_split_ratio: float = 0.5,
         seed: int | None = None,
-        train_view_transform: Transform | None = None,
         verify: bool = False,
         calibration_images_per_category: int = 32,
     ) -> None:
@@ -117,7 +114,6 @@ class MultiClassDataModule(AnomalibDataModule):
             raise ValueError(msg)
         self._requested_categories = list(categories) if categories is not None else None
         self._requested_names = list(category_names) if category_names is not None else None
-        self.train_view_transform = train_view_transform
         self.verify = verify
         if calibration_images_per_category < 1:
             msg = f"calibration_images_per_category must be at least 1, got {calibration_images_per_category}."
@@ -263,33 +259,6 @@ class MultiClassDataModule(AnomalibDataModule):
         setattr(self, source_name, remaining)
         self.val_data = val
 
-    def _model_view_transform(self) -> Transform | None:
-        if self.train_view_transform is not None:
-            return self.train_view_transform
-        trainer = getattr(self, "trainer", None)
-        model = getattr(trainer, "lightning_module", None) if trainer is not None else None
-        return getattr(model, "train_view_transform", None)
-
-    def _update_augmentations(self) -> None:
-        """Anomalib's augmentation wiring, plus the second training view if the model asks for one."""
-        super()._update_augmentations()
-        view = self._model_view_transform()
-        train_data = getattr(self, "train_data", None)
-        if train_data is None:
-            return
-        if view is None:
-            train_data.view_transform = None
-            return
-        model_transform = self._nested_model_transform()
-        resizes = [t for t in _flatten(model_transform) if isinstance(t, Resize)] if model_transform else []
-        train_data.view_transform = Compose([view, resizes[-1]]) if resizes else view
-
-    def _nested_model_transform(self) -> Transform | None:
-        trainer = getattr(self, "trainer", None)
-        model = getattr(trainer, "lightning_module", None) if trainer is not None else None
-        pre_processor = getattr(model, "pre_processor", None)
-        return getattr(pre_processor, "transform", None)
-
     def describe(self) -> dict[str, Any]:
         """Counts per category and split (for logs and READMEs)."""
         out: dict[str, Any] = {}
@@ -298,14 +267,6 @@ class MultiClassDataModule(AnomalibDataModule):
             if data is not None:
                 out[split] = data.samples.groupby("category")["label_index"].value_counts().to_dict()
         return out
-
-
-def _flatten(transform: Transform | None) -> list[Transform]:
-    if transform is None:
-        return []
-    if isinstance(transform, Compose):
-        return [leaf for child in transform.transforms for leaf in _flatten(child)]
-    return [transform]
 
 
 def class_indices(names: Sequence[str], categories: Sequence[str]) -> torch.Tensor:

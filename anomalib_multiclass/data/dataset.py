@@ -14,7 +14,7 @@ from anomalib.data.utils import LabelName, read_image, read_mask
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 from torchvision.transforms.v2 import Transform
-from torchvision.tv_tensors import Image, Mask
+from torchvision.tv_tensors import Mask
 
 from anomalib_multiclass.data.dataclasses import MultiClassImageBatch, MultiClassImageItem
 
@@ -75,8 +75,6 @@ class MultiClassDataset(AnomalibDataset):
         category_names: Ordered category names; the position of a name is its class index.
         task: Segmentation when masks are available for anomalous images, else classification.
         augmentations: Applied to image (and mask) as in anomalib.
-        view_transform: If given, each item also carries ``image_view``: this transform applied to the
-            raw image (a second, independently augmented view for contrastive training).
     """
 
     def __init__(
@@ -85,11 +83,9 @@ class MultiClassDataset(AnomalibDataset):
         category_names: Sequence[str],
         task: TaskType = TaskType.SEGMENTATION,
         augmentations: Transform | None = None,
-        view_transform: Transform | None = None,
     ) -> None:
         super().__init__(augmentations=augmentations)
         self.category_names = list(category_names)
-        self.view_transform = view_transform
         missing = [p for p in samples["image_path"] if not Path(p).exists()]
         if missing:
             msg = f"{len(missing)} image file(s) are missing, e.g. {missing[0]}. Restore them or fix the dataset root."
@@ -116,8 +112,7 @@ class MultiClassDataset(AnomalibDataset):
         row = self.samples.iloc[index]
         image_path, label_index = row.image_path, int(row.label_index)
         mask_path = row.mask_path if isinstance(row.mask_path, str) else ""
-        raw = _read(image_path, read_image, "image")
-        image = raw
+        image = _read(image_path, read_image, "image")
         gt_mask = None
         if self.task == TaskType.SEGMENTATION:
             if label_index == LabelName.NORMAL:
@@ -141,9 +136,6 @@ class MultiClassDataset(AnomalibDataset):
                 image = self.augmentations(image)
             else:
                 image, gt_mask = self.augmentations(image, gt_mask)
-        image_view = None
-        if self.view_transform is not None:
-            image_view = self.view_transform(Image(raw))
         gt_label = None if label_index == LabelName.UNKNOWN else torch.tensor(label_index)
         category = str(row.category)
         return MultiClassImageItem(
@@ -154,5 +146,4 @@ class MultiClassDataset(AnomalibDataset):
             mask_path=mask_path,
             category=category,
             class_index=torch.tensor(self.class_index_of(category)),
-            image_view=image_view,
         )

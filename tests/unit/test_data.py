@@ -4,9 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torchvision.transforms.v2 import ColorJitter
 
 from anomalib_multiclass.data import (
     CorruptImageError,
@@ -116,17 +114,6 @@ def test_visa_layout_goes_through_anomalibs_split_preparation(tmp_path):
     assert len(datamodule.train_data) == 6
     batch = next(iter(datamodule.test_dataloader()))
     assert batch.gt_mask is not None
-
-
-def test_train_view_only_in_training_when_asked(synthetic_root):
-    datamodule = _datamodule(synthetic_root, train_view_transform=ColorJitter(brightness=0.5))
-    datamodule._update_augmentations()
-    train = next(iter(datamodule.train_dataloader()))
-    test = next(iter(datamodule.test_dataloader()))
-    assert train.image_view is not None
-    assert train.image_view.shape == train.image.shape
-    assert not torch.equal(train.image_view, train.image)
-    assert test.image_view is None
 
 
 def test_unknown_category_lists_the_available_ones(synthetic_root):

@@ -230,4 +230,5 @@ def test_every_default_metric_is_computed_on_well_defined_data():
     assert reasons == []
     assert set(results) == set(DEFAULT_METRICS)
     assert all(0.0 <= value <= 1.0 for value in results.values()), results
-    assert results["AUPRO"] > 0.5 and results["pixel_AUROC"] > 0.9
+    assert results["AUPRO"] > 0.5
+    assert results["pixel_AUROC"] > 0.9

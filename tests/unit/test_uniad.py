@@ -136,6 +136,7 @@ def test_category_names_are_saved_with_the_checkpoint(synthetic_root, tmp_path):
     module.on_save_checkpoint(checkpoint)
     restored = UniAD(**MODEL_ARGS)
     restored.on_load_checkpoint(copy.deepcopy(checkpoint))
+    restored.load_state_dict(checkpoint["state_dict"])  # Lightning's order: the hook, then the weights
     assert restored.category_names == ["brick", "coffee", "grass"]
     assert restored.post_processor.num_classes == 3
 

@@ -8,8 +8,6 @@ The mixin
 - keeps the ordered category names the model was trained on (``category_names``), read from the
   datamodule at fit time, saved in the checkpoint and checked again at test/predict time, so a
   model trained on 15 categories never silently remaps them;
-- lets a model ask the datamodule for a second augmented view of each training image
-  (``train_view_transform``), which arrives as ``batch.image_view``;
 - gives the steps every model here runs the same way: validation and prediction run the torch model on
   the image alone (no label, no second view: what the exported graph does), one-class learning, and the
   learnable/frozen parameter count the model READMEs and tests quote.
@@ -41,7 +39,6 @@ if TYPE_CHECKING:
     from anomalib.pre_processing import PreProcessor
     from anomalib.visualization import Visualizer
     from lightning.pytorch import Callback
-    from torchvision.transforms.v2 import Transform
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +54,6 @@ class MultiClassMixin:
     # INT8 export (INT8_PTQ / INT8_ACQ) keeps the frozen encoder in floating point; True quantizes it too (faster,
     # less accurate: its features are what the model reconstructs, see ``deploy/quantize.py``)
     int8_quantize_encoder: bool = False
-
-    @property
-    def train_view_transform(self) -> Transform | None:
-        """Transform that builds ``batch.image_view`` from each raw training image; ``None`` = no view."""
-        return None
 
     @property
     def num_classes(self) -> int | None:

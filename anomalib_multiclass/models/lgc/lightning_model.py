@@ -19,13 +19,11 @@ from torchvision.transforms.v2 import (
     Compose,
     GaussianBlur,
     InterpolationMode,
-    Normalize,
     RandomGrayscale,
     RandomHorizontalFlip,
     RandomResizedCrop,
     RandomRotation,
     RandomVerticalFlip,
-    Transform,
 )
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
@@ -59,12 +57,6 @@ def lgc_view_transform(size: Sequence[int]) -> Compose:
             RandomRotation(15, interpolation=InterpolationMode.NEAREST, expand=False, fill=0),
         ]
     )
-
-
-def _leaves(transform: Any) -> list[Any]:
-    if isinstance(transform, Compose):
-        return [leaf for child in transform.transforms for leaf in _leaves(child)]
-    return [] if transform is None else [transform]
 
 
 class LGC(MultiClassMixin, AnomalibModule):
@@ -166,34 +158,35 @@ class LGC(MultiClassMixin, AnomalibModule):
         self.gradient_clip_val = gradient_clip_val
         self._pseudo_label_of: dict[str, int] | None = None
 
-    @property
-    def train_view_transform(self) -> Transform | None:
-        """Ask the datamodule for the augmented second view (only when the contrastive losses are on)."""
-        # built on demand: a transform stored as an attribute would become a submodule of the model
-        return lgc_view_transform(self.model_input_size) if getattr(self, "contrastive", False) else None
-
     # --- training inputs -----------------------------------------------------------------------------------
     def _model_transform(self) -> Any:
         return getattr(getattr(self, "pre_processor", None), "transform", None)
 
-    def _views(self, batch: Batch) -> torch.Tensor:
-        """The second view, normalised like the clean one by the pre-processor's own transform.
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Draw the second view in training, from the image as loaded, before the pre-processor touches it.
 
-        The datamodule builds ``batch.image_view`` from the original image in [0, 1]; the pre-processor only
-        touches ``batch.image``. Without it (a plain anomalib datamodule) the view is made here from the clean
-        image, de-normalised, augmented image by image (per-image random parameters) and normalised again.
+        The one route for the view, whatever the datamodule (ours or anomalib's): Lightning calls this hook
+        after the batch reaches the device and before the pre-processor's ``on_train_batch_start`` resizes and
+        normalises ``batch.image``, so each view is the official augmentation of the loaded image (values in
+        [0, 1]), drawn image by image; the pre-processor's own transform then normalises it like the clean view.
         """
-        transform = self._model_transform()
+        batch = super().on_after_batch_transfer(batch, dataloader_idx)
+        trainer = self._trainer
+        if self.contrastive and trainer is not None and trainer.training and hasattr(batch, "image"):
+            augment = lgc_view_transform(self.model_input_size)
+            batch.image_view = torch.stack([augment(image.clamp(0, 1)) for image in batch.image])
+        return batch
+
+    def _views(self, batch: Batch) -> torch.Tensor:
+        """The second view of the batch, normalised by the pre-processor's transform like the clean one."""
         views = getattr(batch, "image_view", None)
         if views is None:
-            normalize = next((t for t in _leaves(transform) if isinstance(t, Normalize)), None)
-            images = batch.image
-            if normalize is not None:
-                mean = torch.tensor(normalize.mean, device=images.device).view(1, -1, 1, 1)
-                std = torch.tensor(normalize.std, device=images.device).view(1, -1, 1, 1)
-                images = images * std + mean
-            augment = lgc_view_transform(self.model_input_size)
-            views = torch.stack([augment(image.clamp(0, 1)) for image in images])
+            msg = (
+                "LGC's training batch has no second view: it is drawn in on_after_batch_transfer during fit. "
+                "Call training_step through a Lightning Trainer (anomalib's Engine), or set batch.image_view."
+            )
+            raise RuntimeError(msg)
+        transform = self._model_transform()
         views = views.to(batch.image.device, batch.image.dtype)
         return transform(views) if transform is not None else views
 
@@ -208,18 +201,12 @@ class LGC(MultiClassMixin, AnomalibModule):
         return classes.to(batch.image.device).long()
 
     def on_train_start(self) -> None:
-        """Make sure the dataset builds the second view; pseudo-labels once, when forced or without classes."""
+        """k-means pseudo-labels once, when forced or when the data has no categories."""
         super().on_train_start()
-        if not self.contrastive:
+        if not self.contrastive or self._pseudo_label_of is not None:
             return
         dataloader = self.trainer.train_dataloader
         dataset = getattr(dataloader, "dataset", None)
-        if dataset is not None and getattr(dataset, "view_transform", False) is None:
-            # a datamodule that does not wire ``train_view_transform`` itself (ours does, at setup): hand the view
-            # to the dataset, before the first batch is loaded
-            dataset.view_transform = self.train_view_transform
-        if self._pseudo_label_of is not None:
-            return
         has_classes = False
         if dataset is not None and len(dataset) > 0:
             has_classes = isinstance(getattr(dataset[0], "class_index", None), torch.Tensor)
@@ -233,9 +220,6 @@ class LGC(MultiClassMixin, AnomalibModule):
         K = ``num_clusters``; features: the L2-normalised pooled last stage of the frozen encoder.
         """
         dataset = getattr(dataloader, "dataset", None)
-        view = getattr(dataset, "view_transform", None)
-        if view is not None:
-            dataset.view_transform = None  # the pass needs the clean images only
         transform = self._model_transform()
         paths, features = [], []
         if dataset is not None:  # every image once, whatever the training loader's shuffling or drop_last
@@ -246,15 +230,11 @@ class LGC(MultiClassMixin, AnomalibModule):
                 num_workers=getattr(dataloader, "num_workers", 0),
                 collate_fn=getattr(dataloader, "collate_fn", None),
             )
-        try:
-            for batch in dataloader:
-                images = batch.image.to(self.device)
-                images = transform(images) if transform is not None else images
-                features.append(self.model.pooled_features(images).cpu())
-                paths += [str(p) for p in batch.image_path]
-        finally:
-            if view is not None:
-                dataset.view_transform = view
+        for batch in dataloader:
+            images = batch.image.to(self.device)
+            images = transform(images) if transform is not None else images
+            features.append(self.model.pooled_features(images).cpu())
+            paths += [str(p) for p in batch.image_path]
         labels = kmeans(torch.nn.functional.normalize(torch.cat(features), dim=1), self.num_clusters)
         self._pseudo_label_of = dict(zip(paths, labels.tolist(), strict=True))
         logger.info("LGC pseudo-labels: %d images in %d clusters.", len(paths), int(labels.max()) + 1)
@@ -284,8 +264,3 @@ class LGC(MultiClassMixin, AnomalibModule):
             ],
             betas=self.betas,
         )
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """Gradient-norm clipping 5.0 (official code); no sanity validation."""
-        return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}

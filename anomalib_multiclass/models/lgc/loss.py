@@ -12,18 +12,17 @@ import torch.nn.functional as F
 from anomalib.models.image.reverse_distillation.loss import ReverseDistillationLoss
 from torch import nn
 
+from anomalib_multiclass.models.components.attention import neighbor_mask
+
 
 def window_mask(height: int, width: int, window: int | None, device: torch.device | None = None) -> torch.Tensor | None:
     """(N, N) boolean mask, True where position j lies in the ``window`` × ``window`` square around i.
 
-    ``None`` (or a window covering the whole map) means no restriction and returns ``None``.
+    UniAD's neighbour mask, shared; ``None`` (or a window covering the whole map) means no restriction.
     """
     if window is None or window >= 2 * max(height, width) - 1:
         return None
-    radius = window // 2
-    ys, xs = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij")
-    ys, xs = ys.flatten(), xs.flatten()
-    return ((ys[:, None] - ys[None, :]).abs() <= radius) & ((xs[:, None] - xs[None, :]).abs() <= radius)
+    return neighbor_mask(height, width, window).to(device)
 
 
 @torch.no_grad()

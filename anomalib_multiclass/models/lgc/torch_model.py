@@ -21,7 +21,7 @@ from anomalib.models.image.reverse_distillation.components import get_bottleneck
 from torch import nn
 
 from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
-from anomalib_multiclass.models.components.feature_extractor import _truncate_after_last_stage, timm_feature_extractor
+from anomalib_multiclass.models.components.feature_extractor import FrozenBackbone, _truncate_after_last_stage
 from anomalib_multiclass.models.lgc.mirrored_rd import (
     EncoderWidths,
     MirroredBottleneck,
@@ -110,10 +110,8 @@ class LGCModel(nn.Module):
         super().__init__()
         self.backbone = backbone.split(".")[0]
         self.input_size = tuple(int(s) for s in input_size)
-        self.encoder = timm_feature_extractor(backbone, layers, pre_trained=pre_trained, weights=backbone_weights)
-        self.encoder.requires_grad_(False)
-        self.encoder.eval()
-        extractor = self.encoder.feature_extractor
+        self.encoder = FrozenBackbone(backbone, layers, pre_trained=pre_trained, weights=backbone_weights)
+        extractor = self.encoder.extractor.feature_extractor
         # timm's features_only EfficientNets run every block; the ones after the deepest stage used are dropped
         _truncate_after_last_stage(extractor)
         widths = EncoderWidths(extractor.feature_info.info, self.encoder.out_dims, extractor.feature_info.reduction())
@@ -139,16 +137,9 @@ class LGCModel(nn.Module):
         self.use_feature_noise = feature_noise
         self.feature_noise_prob = feature_noise_prob
 
-    def train(self, mode: bool = True) -> LGCModel:
-        """The frozen encoder stays in eval mode (fixed batch-norm statistics) whatever the parent's mode."""
-        super().train(mode)
-        self.encoder.eval()
-        return self
-
-    @torch.no_grad()
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Frozen encoder features, one map per stage."""
-        return list(self.encoder(images).values())
+        return self.encoder(images)
 
     def reconstruct(self, projected: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Bottleneck z and decoder features d from the projected features."""
