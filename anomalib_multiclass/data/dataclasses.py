@@ -22,6 +22,7 @@ class MultiClassImageItem(ImageItem):
 
     category: str | None = None
     class_index: torch.Tensor | None = None
+    image_view: torch.Tensor | None = None  # the batch's field, per item (anomalib's batch iteration needs both)
     pred_class: torch.Tensor | None = None
 
 
