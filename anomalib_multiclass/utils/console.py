@@ -20,7 +20,8 @@ class _StandardOutput(logging.StreamHandler):
     """A stream handler bound to whatever ``sys.stdout`` is when a record is written (test captures included)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stdout)
+        # not ``setStream``: it flushes the previous stream first, which a finished capture has closed
+        self.stream = sys.stdout
         super().emit(record)
 
 

@@ -29,6 +29,7 @@ def test_padim_on_a_multi_category_datamodule_reports_the_per_category_table(syn
     assert rows == ["category", "brick", "coffee", "grass", "mean", "pooled"]
 
 
+@pytest.mark.slow
 def test_an_explicit_evaluator_is_respected(synthetic_root, tmp_path):
     from anomalib.engine import Engine
     from anomalib.models import Padim

@@ -76,6 +76,7 @@ def test_train_prints_and_writes_the_per_category_table(trained_run):
     assert {p.relative_to(csv_files[0].parent / "images").parts[0] for p in pictures} == {"brick", "coffee", "grass"}
 
 
+@pytest.mark.slow
 def test_test_and_export_from_the_checkpoint(trained_run, synthetic_root, tmp_path):
     root, _ = trained_run
     checkpoint = next(root.rglob("*.ckpt"))
@@ -109,6 +110,7 @@ def test_test_and_export_from_the_checkpoint(trained_run, synthetic_root, tmp_pa
     assert list(Path(tmp_path / "export").rglob("model.onnx"))
 
 
+@pytest.mark.slow
 def test_predict_writes_a_heat_map_per_image(trained_run, synthetic_root, tmp_path):
     root, _ = trained_run
     checkpoint = next(root.rglob("*.ckpt"))
@@ -131,6 +133,7 @@ def test_predict_writes_a_heat_map_per_image(trained_run, synthetic_root, tmp_pa
 OTHER_MODELS = {"RLR": TINY_RLR, "OmniAD": TINY_OMNI_AD, "LGC": TINY_LGC}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", list(OTHER_MODELS))
 def test_plain_cli_trains_tests_and_exports(model, synthetic_root, tmp_path):
     data = ["--data", "MultiClassFolder", "--data.root", str(synthetic_root), "--data.num_workers", "0"]

@@ -19,7 +19,14 @@ MODELS = {
 }
 
 
-@pytest.fixture(scope="module", params=list(MODELS))
+# the default suite exports UniAD to OpenVINO (its inferencers included); -m slow: every model, ONNX Runtime too
+FAST_EXPORTS = {"UniAD"}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(name, marks=() if name in FAST_EXPORTS else pytest.mark.slow) for name in MODELS],
+)
 def trained_module(request, synthetic_root, tmp_path_factory):
     from anomalib.engine import Engine
 
@@ -56,6 +63,7 @@ def test_normalisation_was_learnt(trained_module):
     assert trained_module.post_processor.num_classes == 3
 
 
+@pytest.mark.slow
 def test_onnx_runtime_parity(trained_module, images, reference, tmp_path, caplog):
     onnxruntime = pytest.importorskip("onnxruntime")
     import onnx

@@ -9,11 +9,11 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from anomalib_multiclass.data import MultiClassFolder
+from anomalib_multiclass.deploy.compress import compress_openvino_model
 from anomalib_multiclass.deploy.quantize import (
     anomaly_map_operations,
     calibration_images,
     category_sample_indices,
-    compress_openvino_model,
     frozen_encoder_operations,
     quantize_ptq,
 )

@@ -67,7 +67,10 @@ def texture_root(tmp_path_factory):
     )
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+# UniAD in the default suite; the other models with -m slow (each trains 30 epochs)
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=() if name == "UniAD" else pytest.mark.slow) for name in MODELS]
+)
 def test_defects_score_above_normal_images(name, texture_root, pretrained_lite0, tmp_path):
     del pretrained_lite0  # installs the weights into the offline hub cache
     torch.manual_seed(0)

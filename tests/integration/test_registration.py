@@ -35,6 +35,7 @@ def test_get_model_by_short_name_and_by_class_path():
     assert out == "UniAD UniAD UniAD True"
 
 
+@pytest.mark.slow
 def test_datamodules_are_found_by_short_name_through_anomalib_data():
     out = _run(
         "import anomalib.data\n"
@@ -52,6 +53,7 @@ def test_datamodules_are_found_by_short_name_through_anomalib_data():
         assert name in out
 
 
+@pytest.mark.slow  # a fresh anomalib process (8 s); tests/unit/test_help.py checks the help text in-process
 @pytest.mark.parametrize("model", ["UniAD"])
 def test_cli_help_resolves_the_short_model_name(model):
     result = subprocess.run(
@@ -64,7 +66,7 @@ def test_cli_help_resolves_the_short_model_name(model):
 @pytest.mark.parametrize(
     "config",
     [
-        pytest.param(path, id=path.stem, marks=() if path.stem == "uniad" else pytest.mark.slow)
+        pytest.param(path, id=path.stem, marks=pytest.mark.slow)  # a fresh anomalib process each (8 s)
         for path in sorted(CONFIGS.glob("*.yaml"))
     ],
 )

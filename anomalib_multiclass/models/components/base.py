@@ -217,7 +217,7 @@ class MultiClassMixin:
         The frozen encoder stays in floating point unless ``int8_quantize_encoder`` is set.
         """
         del task
-        from anomalib_multiclass.deploy.quantize import compress_openvino_model
+        from anomalib_multiclass.deploy.compress import compress_openvino_model
 
         parameters = self.named_parameters()  # type: ignore[attr-defined]
         frozen = None if self.int8_quantize_encoder else [name for name, p in parameters if not p.requires_grad]

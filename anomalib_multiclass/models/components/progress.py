@@ -108,9 +108,9 @@ class EpochProgressPrinter(Callback):
         max_epochs = trainer.max_epochs
         epoch = f"epoch {trainer.current_epoch + 1}" + (f"/{max_epochs}" if max_epochs and max_epochs > 0 else "")
         loss = "n/a" if self._loss_sum is None or not self._images else f"{float(self._loss_sum) / self._images:.4g}"
-        timing = f"{seconds:.1f} s"
+        timing = f"{_seconds(seconds)} s"
         if self._validation_seconds:
-            timing += f" (validation {self._validation_seconds:.1f} s)"
+            timing += f" (validation {_seconds(self._validation_seconds)} s)"
         parts = [f"[{type(pl_module).__name__}] {epoch}: loss {loss}", timing, f"{images / train_seconds:.1f} images/s"]
         cache = getattr(pl_module, "feature_cache", None)
         if cache is not None:
@@ -144,3 +144,8 @@ def epoch_progress_callbacks(trainer: Trainer | None) -> list[Callback]:
     if trainer is not None and any(isinstance(c, EpochProgressPrinter) for c in trainer.callbacks):
         return []  # the user's own (a model callback would replace it)
     return [EpochProgressPrinter()] if wants_epoch_lines(trainer) else []
+
+
+def _seconds(value: float) -> str:
+    """Tenths of a second, or two significant digits under one second (a fast epoch is not "0.0 s")."""
+    return f"{value:.1f}" if value >= 1 else f"{value:.2g}"
