@@ -282,7 +282,7 @@ taken on a shared, loaded machine (other jobs on the same cores): compare rows w
 machines.
 
 Each model is trained unified on the proxy data (categories {cfg["categories"]}, {cfg["n_train"]} normal training
-images each; `_our_model` in `benchmarks/run.py`; epochs and input size in the setting column; LGC on
+images each; `model_arguments` in `benchmarks/proxy.py`; epochs and input size in the setting column; LGC on
 EfficientNet-Lite0 stages 1-3 with the mirrored RD decoder), then exported by `to_openvino` four times: fp32; FP16
 (weights stored in half precision); INT8 (`compression_type=INT8_PTQ`, calibrated on all {cfg["n_train"]} training
 images of every category by `anomalib_multiclass.deploy.quantize`, the package's default settings); and INT8 with

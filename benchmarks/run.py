@@ -47,7 +47,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "n_train": 8, "n_test_good": 2, "n_test_defect": 4, "image_size": 96,
         "input_size": 64, "epochs": 2, "hidden_dim": 32, "layers": 1, "repeats": 2, "speed_batch": 4,
         "speed_input": 64, "small_input": 64, "rlr_batches": [1], "rlr_steps": 1, "rlr_level_map": 32,
-        "baseline_exports": False, "probe_models": ["UniAD"], "probe_epochs": 2, "lgc_epochs": 2,
+        "baseline_exports": False, "probe_models": ["UniAD"], "probe_epochs": 2,
         "mix_train": 4, "mix_test_good": 2, "mix_test_defect": 2,
         "schedule": {name: {"epochs": 2, "val_every": 1} for name in ("UniAD", "MintAD", "RLR", "OmniAD", "LGC")},
     },
@@ -56,7 +56,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "n_train": 20, "n_test_good": 6, "n_test_defect": 10, "image_size": 128,
         "input_size": 224, "epochs": 25, "hidden_dim": 128, "layers": 2, "repeats": 5, "speed_batch": 32,
         "speed_input": 224, "small_input": 128, "rlr_batches": [1, 2, 4], "rlr_steps": 3, "rlr_level_map": 64,
-        "baseline_exports": True, "probe_models": None, "probe_epochs": 3, "lgc_epochs": 10,
+        "baseline_exports": True, "probe_models": None, "probe_epochs": 3,
         "mix_train": 12, "mix_test_good": 4, "mix_test_defect": 6,
         # epochs and learning rate per model: the curves in BENCHMARKS.md show each run flattening by its last epoch
         "schedule": {
@@ -764,8 +764,8 @@ before the last epoch); learning rates are above the papers' because the proxy h
 One LGC model on an MVTec AD layout (`brick`, `coffee`, read by `MultiClassFolder`) and a raw VisA layout
 (two generated categories under VisA's names `candle`, `capsules`, converted by anomalib's `Visa.prepare_data`)
 mixed by `MixedMultiClassDataModule` (classes `mvtec/...`, `visa/...`), {cfg["mix_train"]} normal training images
-per category, {cfg["mix_test_good"]} normal and {cfg["mix_test_defect"]} defective test images; random resnet18
-encoder as above. Per category, mean per dataset, overall mean.
+per category, {cfg["mix_test_good"]} normal and {cfg["mix_test_defect"]} defective test images; Lite0 encoder
+(stages 1-3, real weights) as above. Per category, mean per dataset, overall mean.
 
 {_table(mix_rows) if mix_rows else "LGC not built."}
 

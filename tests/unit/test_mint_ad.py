@@ -102,3 +102,21 @@ def test_lightning_module_sizes_its_classifier_from_the_checkpoint():
     restored.load_state_dict(checkpoint["state_dict"])
     assert restored.model.num_classes == 3
     assert restored.category_names == ["a", "b", "c"]
+
+
+def test_bfloat16_autocast_training_step_and_forward():
+    """The mixed-precision path (``--trainer.precision bf16-mixed``) stays finite; CPU autocast stands in for CUDA."""
+    torch.manual_seed(0)
+    model = MintADModel(num_classes=2, **TINY)
+    images = torch.rand(2, 3, 64, 64)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = MintADLoss()(model(images), torch.tensor([0, 1]))
+    assert all(torch.isfinite(value.float()) for value in losses.values())
+    losses["loss"].backward()
+    assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        prediction = model(images)
+    assert torch.isfinite(prediction.anomaly_map.float()).all()
+    assert prediction.pred_class.shape == (2,)
