@@ -241,8 +241,8 @@ def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> l
     rows = []
     epochs = cfg["schedule"]["LGC"]["epochs"]
     for variant, overrides in _quality_variants("LGC"):
-        setting = f"{variant}, " if variant else ""
-        log(f"all-in-all: LGC {setting}{epochs} epochs")
+        label = f"LGC{' ' + variant if variant else ''}"
+        log(f"all-in-all: {label}, {epochs} epochs")
         try:
             torch.manual_seed(0)
             model = _our_model("LGC", cfg, **overrides)
@@ -257,10 +257,10 @@ def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> l
                 "train s": seconds,
             }
             size = _proxy_input("LGC", cfg)
-            rows.append(Row("LGC", f"{setting}all-in-all, {epochs} epochs, {size} px", values))
+            rows.append(Row(label, f"all-in-all, {epochs} epochs, {size} px", values))
         except Exception as error:
             traceback.print_exc()
-            rows.append(Row("LGC", f"{setting}all-in-all", note=f"failed: {error!r}"[:200]))
+            rows.append(Row(label, "all-in-all", note=f"failed: {error!r}"[:200]))
     return rows
 
 

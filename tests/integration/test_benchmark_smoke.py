@@ -32,7 +32,8 @@ def test_benchmark_smoke(tmp_path):
     models = ("UniAD", "MintAD", "RLR", "OmniAD", "LGC", "RLR level 1", "Padim (anomalib)", "PatchCore (anomalib)")
     for model in (*models, "ReverseDistillation (anomalib)"):
         assert f"| {model} |" in report
-    assert "| LGC | contrastive off (= RD joint), unified" in report
+    assert "| LGC (contrastive off = RD joint) | unified" in report
+    assert "| LGC (contrastive off = RD joint) | all-in-all" in report
     assert "all-in-all" in report
     assert "not built yet" not in report
     assert "failed" not in report, report
