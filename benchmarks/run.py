@@ -161,6 +161,15 @@ def quality(cfg: dict[str, Any], data_root: Path, work: Path, log: Callable[[str
                 out.references[f"{label} (anomalib), unified"] = {
                     "image_AUROC": results["mean"]["image_AUROC"], "pixel_AUROC": results["mean"]["pixel_AUROC"]
                 }  # fmt: skip
+    # anomalib's own multi-class model: its DINOv2 encoder comes from the hub, out of reach on an offline machine
+    out.rows.append(
+        Row(
+            "Dinomaly (anomalib)",
+            "unified",
+            note="not run: its DINOv2 weights cannot be downloaded on this offline machine; where they can: "
+            "`anomalib train --model Dinomaly --data MultiClassFolder --data.root <root>` gives the same table",
+        )
+    )
     for name in OUR_MODELS:
         schedule = cfg["schedule"][name]
         for variant, overrides in _quality_variants(name):
