@@ -18,6 +18,7 @@ from anomalib.metrics import AUPR, AUPRO, AUROC, F1Max
 from anomalib.metrics.base import AnomalibMetric
 
 from anomalib_multiclass.evaluation.table import ALL_CATEGORY, dataset_of
+from anomalib_multiclass.utils.distributed import on_this_process
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +121,7 @@ def undefined_reason(values: dict[str, torch.Tensor], level: str) -> str | None:
 def compute_metric(name: str, values: dict[str, torch.Tensor]) -> float:
     """One metric on raw values (rescaled into [0, 1] without changing their order); NaN if it fails."""
     cls, (prediction, target) = METRICS[name]
-    metric = cls(fields=[prediction, target], strict=False)
-    metric.sync_on_compute = False  # rank 0 holds all data (AUPRO's constructor takes no such argument)
+    metric = on_this_process(cls(fields=[prediction, target], strict=False))  # rank 0 holds all data
     metric.update(SimpleNamespace(**{prediction: _unit_range(values[prediction]), target: values[target]}))
     try:
         with torch.no_grad():

@@ -34,7 +34,7 @@ from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
 
 from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
-from anomalib_multiclass.utils.distributed import broadcast, gather_records
+from anomalib_multiclass.utils.distributed import broadcast, gather_records, on_this_process
 
 logger = logging.getLogger(__name__)
 
@@ -164,8 +164,7 @@ class ClassAwarePostProcessor(PostProcessor):
             if prediction not in values:
                 continue
             if self.enable_thresholding and target in values:
-                metric = F1AdaptiveThreshold(fields=[prediction, target], strict=False)
-                metric.sync_on_compute = False  # rank 0 holds all data
+                metric = on_this_process(F1AdaptiveThreshold(fields=[prediction, target], strict=False))
                 metric.update(SimpleNamespace(**{prediction: values[prediction], target: values[target]}))
                 stats[f"{level}_threshold"] = float(metric.compute())
             if self.enable_normalization:

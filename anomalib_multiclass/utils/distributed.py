@@ -71,3 +71,19 @@ def broadcast(payload: Any) -> Any:
     box = [payload]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _not_distributed() -> bool:
+    return False
+
+
+def on_this_process(metric: Any) -> Any:
+    """``metric`` computed on this process's values alone, never synchronised across processes.
+
+    For metrics rank 0 computes on values it has already gathered from every process: a synchronising
+    ``compute`` would wait for the other ranks, which never call it (a deadlock). Through torchmetrics'
+    ``distributed_available_fn``, which every metric has (``sync_on_compute`` is not accepted by every
+    anomalib metric's constructor, and set afterwards it is not read by ``compute``).
+    """
+    metric.distributed_available_fn = _not_distributed
+    return metric
