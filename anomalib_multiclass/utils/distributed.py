@@ -85,5 +85,9 @@ def on_this_process(metric: Any) -> Any:
     ``distributed_available_fn``, which every metric has (``sync_on_compute`` is not accepted by every
     anomalib metric's constructor, and set afterwards it is not read by ``compute``).
     """
-    metric.distributed_available_fn = _not_distributed
+    from torchmetrics import Metric
+
+    for part in metric.modules():  # metrics built on other metrics (F1Max on a precision-recall curve) too
+        if isinstance(part, Metric):
+            part.distributed_available_fn = _not_distributed
     return metric

@@ -232,3 +232,33 @@ def test_every_default_metric_is_computed_on_well_defined_data():
     assert all(0.0 <= value <= 1.0 for value in results.values()), results
     assert results["AUPRO"] > 0.5
     assert results["pixel_AUROC"] > 0.9
+
+
+def test_metrics_on_gathered_values_never_synchronise_across_processes(tmp_path, monkeypatch):
+    """Rank 0 computes on values it gathered from every process: a metric that synchronised on compute would
+    wait for the other ranks, which never call it (the deadlock of a 2-process test). Nested metrics included."""
+    import torch.distributed as dist
+    import torchmetrics.metric
+
+    from anomalib_multiclass.evaluation.protocol import DEFAULT_METRICS, compute_row
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a metric tried to synchronise across processes")
+
+    monkeypatch.setattr(torchmetrics.metric, "gather_all_tensors", refuse)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        masks = torch.zeros(4, 8, 8, dtype=torch.int)
+        masks[1::2, 2:5, 2:5] = 1
+        values = {
+            "pred_score": torch.tensor([0.1, 0.9, 0.2, 0.8]),
+            "gt_label": torch.tensor([0, 1, 0, 1]),
+            "anomaly_map": torch.rand(4, 8, 8) + masks,
+            "gt_mask": masks,
+        }
+        results, _ = compute_row(values, DEFAULT_METRICS)
+        assert results["image_AUROC"] == 1.0
+        statistics = ClassAwarePostProcessor()._statistics(values)
+        assert 0.2 <= statistics["image_threshold"] <= 0.8 + 1e-6
+    finally:
+        dist.destroy_process_group()
