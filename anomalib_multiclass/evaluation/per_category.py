@@ -206,12 +206,12 @@ class PerCategoryEvaluator(Evaluator):
                 pl_module.log(
                     name, results["mean"][name], sync_dist=True
                 )  # the same value on every rank: the mean is that value
-        self._report(trainer, names)
+        # on every rank: Lightning's ``trainer.log_dir`` is a collective (a broadcast from rank 0)
+        self._report(self._directory(trainer), names)
 
     @rank_zero_only
-    def _report(self, trainer: Trainer, names: list[str]) -> None:
+    def _report(self, directory: Path | None, names: list[str]) -> None:
         show(f"\n{format_report(self.results, names, self.notes)}\n")
-        directory = self._directory(trainer)
         if directory is not None:
             self.write(directory)
 
