@@ -17,10 +17,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from anomalib_multiclass.evaluation.protocol import CategoryTable, compute_row
-from anomalib_multiclass.evaluation.table import format_report, write_results
+from anomalib_multiclass.evaluation.protocol import CategoryTable, pooled_row
+from anomalib_multiclass.evaluation.table import (
+    category_thresholds,
+    format_report,
+    normalised_threshold,
+    write_per_image_scores,
+    write_results,
+)
 from anomalib_multiclass.utils.console import show
 
 logger = logging.getLogger(__name__)
@@ -51,7 +55,9 @@ def train_separately(args: Sequence[str]) -> CategoryTable:
 
     categories, model_name, data_name, root = _categories_of(args)
     table = CategoryTable()
-    pooled_parts: list[dict[str, torch.Tensor]] = []
+    statistics = None
+    thresholds: dict[str, float] = {}
+    normalised: float | None = None
     metric_names: list[str] = []
     for number, category in enumerate(categories, start=1):
         show(f"Separate mode: {model_name} for category {category!r} ({number} of {len(categories)})")
@@ -67,15 +73,17 @@ def train_separately(args: Sequence[str]) -> CategoryTable:
         table.results[category] = evaluator.results[category]
         if category in evaluator.notes:
             table.notes[category] = evaluator.notes[category]
-        pooled_parts.append(evaluator.table.pooled_values)
+        # each model's streamed statistics (fixed size per category): the pooled row mixes their normalised values
+        statistics = evaluator.statistics if statistics is None else statistics.merge([evaluator.statistics])
+        thresholds |= category_thresholds(evaluator.statistics, evaluator.post_processor)
+        normalised = normalised_threshold(evaluator.post_processor)  # the same sensitivity for every model
     table.add_mean("mean", categories, metric_names)
-    shared = [name for name in pooled_parts[0] if all(name in part for part in pooled_parts)]
-    pooled = {name: torch.cat([part[name] for part in pooled_parts]) for name in shared}
-    table.results["pooled"], reasons = compute_row(pooled, metric_names)
-    if reasons:
-        table.notes["pooled"] = "; ".join(reasons)
+    if statistics is not None:
+        table.add_row("pooled", pooled_row(statistics, metric_names))
     directory = root / model_name / data_name / "separate"
-    write_results(directory, table.results, metric_names, table.notes, table.counted)
+    write_results(directory, table.results, metric_names, table.notes, table.counted, table.bounds)
+    if statistics is not None:
+        write_per_image_scores(directory / "per_image_scores.csv", statistics, thresholds, normalised)
     title = f"Separate mode: one {model_name} per category ({len(categories)} models)."
     show(f"\n{title}\n{format_report(table.results, metric_names, table.notes)}\nWritten to {directory}\n")
     return table

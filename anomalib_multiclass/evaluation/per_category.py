@@ -12,12 +12,12 @@ A metric that a category's test data cannot define (no defective image, no norma
 in the printed table and ``null`` in the CSV/JSON, left out of every mean (which says over how many categories
 it runs), and named in one warning.
 
-Under DDP every rank's images are gathered on rank 0 (the distributed sampler's padding duplicates dropped by
-image path) before anything is computed; rank 0 prints and writes the table, every rank logs the same values.
-
-Memory: pixel-level metrics keep every pixel score of the test set (as anomalib's own pixel AUROC does): about
-5 bytes × pixels × test images, plus as much again while a metric is computed. Pass a shorter ``metrics`` list
-for very large test sets.
+Memory does not grow with the number of test pixels: each batch is folded into fixed-size statistics per
+category and dropped (``anomalib_multiclass.statistics``): image-level metrics are exact (one score per image is
+kept), pixel-level ones come from dyadic histograms with an error bound computed from the data (1e-3 at most, or
+a warning). About 3 MiB per category at the default ``num_bins``. Under DDP the statistics are summed across
+processes (tensors, not maps), so the table is the same with any number of processes, and each rank computes it;
+rank 0 prints and writes it.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import torch
 from anomalib.metrics import Evaluator
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
@@ -36,14 +38,23 @@ from anomalib_multiclass.evaluation.protocol import (
     DEFAULT_METRICS,
     METRICS,
     CategoryTable,
-    batch_record,
     category_table,
     check_metric_names,
-    undefined_reason,
 )
-from anomalib_multiclass.evaluation.table import ALL_CATEGORY, dataset_of, format_report, is_summary_row, write_results
+from anomalib_multiclass.evaluation.table import (
+    ALL_CATEGORY,
+    category_thresholds,
+    dataset_of,
+    format_report,
+    is_summary_row,
+    normalised_threshold,
+    write_per_image_scores,
+    write_results,
+)
+from anomalib_multiclass.statistics import DEFAULT_BINS, StreamingStatistics
+from anomalib_multiclass.statistics.shared import batch_key, validation_statistics
 from anomalib_multiclass.utils.console import show
-from anomalib_multiclass.utils.distributed import broadcast, gather_records
+from anomalib_multiclass.utils.distributed import real_samples
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +65,6 @@ __all__ = [
     "PerCategoryEvaluator",
     "dataset_of",
     "is_summary_row",
-    "undefined_reason",
 ]
 
 
@@ -69,6 +79,15 @@ class PerCategoryEvaluator(Evaluator):
             or early stopping on them follows the papers' number. Default image and pixel AUROC.
         output_dir: Where the CSV/JSON go; default the trainer's log directory (or ``default_root_dir``).
         compute_on_cpu: As anomalib's ``Evaluator``.
+        num_bins: Bins of each category's pixel-score histogram (memory ``24 * num_bins`` bytes per category; the
+            pixel metrics' error bounds fall like ``1 / num_bins``).
+        post_processor: Normalises the ``pooled`` row's scores; inside a Trainer, the model's post-processor.
+
+    Example:
+        >>> evaluator = PerCategoryEvaluator(metrics=["image_AUROC", "pixel_AUROC"])
+        >>> for batch in batches:  # doctest: +SKIP
+        ...     evaluator.update(batch)  # pred_score, gt_label, anomaly_map, gt_mask, category
+        >>> evaluator.compute()["mean"]["image_AUROC"]  # doctest: +SKIP
     """
 
     def __init__(
@@ -77,15 +96,22 @@ class PerCategoryEvaluator(Evaluator):
         val_metrics: Sequence[str] = ("image_AUROC", "pixel_AUROC"),
         output_dir: str | Path | None = None,
         compute_on_cpu: bool = True,
+        num_bins: int = DEFAULT_BINS,
+        post_processor: Any = None,
     ) -> None:
         check_metric_names([*metrics, *val_metrics])
         super().__init__(val_metrics=None, test_metrics=None, compute_on_cpu=compute_on_cpu)
         self.metric_names = list(metrics)
         self.val_metric_names = list(val_metrics)
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self._records: list[dict[str, Any]] = []
-        self._val_records: list[dict[str, Any]] = []
+        self.num_bins = num_bins
+        self.post_processor = post_processor
+        self.statistics = self._new_statistics()
+        self._validation: StreamingStatistics | None = None
         self.table = CategoryTable()
+
+    def _new_statistics(self) -> StreamingStatistics:
+        return StreamingStatistics(self.num_bins, regions="AUPRO" in self.metric_names, keep_paths=True)
 
     @property
     def results(self) -> dict[str, dict[str, float]]:
@@ -104,22 +130,40 @@ class PerCategoryEvaluator(Evaluator):
 
     def reset(self) -> None:
         """Forget what was accumulated."""
-        self._records = []
+        self.statistics = self._new_statistics()
 
     def update(self, batch: Any) -> None:
-        """Keep one batch's raw ``pred_score``/``gt_label``/``anomaly_map``/``gt_mask``, category and class.
+        """Fold one batch's raw ``pred_score``/``gt_label``/``anomaly_map``/``gt_mask`` into the statistics.
 
-        Must see the batch before a post-processor normalises it (:meth:`setup` puts the evaluator first). The
-        values are kept and every metric computed once at the end, per category.
+        Must see the batch before a post-processor normalises it (:meth:`setup` puts the evaluator first); the
+        batch is not kept.
         """
-        record = batch_record(batch)
-        if record is not None:
-            self._records.append(record)
+        self.statistics.update(batch, self._normaliser())
 
-    def compute(self, post_processor: Any = None) -> dict[str, dict[str, float]]:
-        """The per-category table of what was accumulated (see :func:`category_table`)."""
-        self.table = category_table(self._records, self.metric_names, post_processor)
+    def compute(self) -> dict[str, dict[str, float]]:
+        """The per-category table of what was accumulated (summed over processes first)."""
+        self.table = category_table(self.statistics.reduce(), self.metric_names)
         return self.table.results
+
+    def _normaliser(self) -> Any:
+        """``(scores, maps, classes) -> normalised (scores, maps)`` by the post-processor, for the pooled row."""
+        post_processor = self.post_processor
+        normalize = getattr(post_processor, "normalize_batch", None)
+        if normalize is None or not getattr(post_processor, "enable_normalization", False):
+            return None
+        pixel = any(not name.startswith("image") for name in self.metric_names)
+
+        def normalise(
+            scores: torch.Tensor, maps: torch.Tensor | None, classes: torch.Tensor | None
+        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+            batch = SimpleNamespace(
+                pred_score=scores.float(), anomaly_map=maps.float() if maps is not None and pixel else None,
+                class_index=classes, pred_class=None,
+            )  # fmt: skip
+            normalize(batch)
+            return batch.pred_score, batch.anomaly_map
+
+        return normalise
 
     # --- Lightning hooks ---------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -136,38 +180,36 @@ class PerCategoryEvaluator(Evaluator):
             logger.debug("PerCategoryEvaluator moved before the post-processor: metrics read the raw scores.")
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start a fresh collection of validation outputs."""
-        del trainer, pl_module
-        self._val_records = []
+        """Join (or start) the pass's validation statistics, shared with a class-aware post-processor."""
+        self._validation = None
+        if self.val_metric_names:
+            regions = "AUPRO" in self.val_metric_names
+            self._validation = validation_statistics(trainer, pl_module, self.num_bins, regions)
 
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, *args: Any, **kwargs: Any
     ) -> None:
-        """Keep the batch's raw validation outputs."""
-        del trainer, pl_module, args, kwargs
-        record = batch_record(outputs if outputs is not None else batch)
-        if record is not None:
-            self._val_records.append(record)
+        """Fold the batch's raw validation outputs in (once, whoever of the sharing callbacks comes first)."""
+        del trainer, pl_module
+        if self._validation is not None:
+            self._validation.fold(outputs if outputs is not None else batch, batch_key((batch, *args), kwargs, outputs))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Log each validation metric's mean over the categories (the same on every rank)."""
         del trainer
-        if not self.val_metric_names:
+        if self._validation is None:
             return
-        records = gather_records(self._val_records)
-        self._val_records = []
-        means = None
-        if records is not None:
-            means = category_table(records, self.val_metric_names, pooled=False).results.get("mean")
-        means = broadcast(means)
-        for name, value in (means or {}).items():
+        means = category_table(self._validation.reduce(), self.val_metric_names, pooled=False).results["mean"]
+        self._validation = None
+        for name, value in means.items():
             if not math.isnan(value):
                 pl_module.log(name, value, sync_dist=True)  # the same value on every rank: the mean is that value
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start from empty accumulators."""
-        del trainer, pl_module
+        """Start from empty statistics; the model's post-processor normalises the pooled row."""
         self.reset()
+        self.post_processor = getattr(pl_module, "post_processor", None) or self.post_processor
+        self.statistics.sample_limit = real_samples(trainer, "test")
 
     def on_test_batch_end(
         self,
@@ -178,34 +220,21 @@ class PerCategoryEvaluator(Evaluator):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Keep the batch's raw predictions (this callback runs before the post-processor)."""
+        """Fold the batch's raw predictions in (this callback runs before the post-processor)."""
         del trainer, pl_module, batch_idx, dataloader_idx
         self.update(outputs if outputs is not None else batch)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Gather over ranks, compute on rank 0, share, then log everywhere and print/write on rank 0."""
-        records = gather_records(self._records)
-        post_processor = getattr(pl_module, "post_processor", None)
-        table = category_table(records, self.metric_names, post_processor) if records is not None else None
-        pooled_values = table.pooled_values if table is not None else {}
-        if table is not None:
-            table.pooled_values = {}  # the other ranks need the rows only
-        self.table = broadcast(table)
-        self.table.pooled_values = pooled_values
-        self._records = []
-        results = self.table.results
+        """Sum the statistics over ranks, compute the table on each, log everywhere, print and write on rank 0."""
+        results = self.compute()
         names = [m for m in self.metric_names if any(not math.isnan(v[m]) for v in results.values())]
         for row, values in results.items():
             for name in names:
                 if not math.isnan(values[name]):
-                    pl_module.log(
-                        f"{name}/{row}", values[name], sync_dist=True
-                    )  # the same value on every rank: the mean is that value
+                    pl_module.log(f"{name}/{row}", values[name], sync_dist=True)  # the same value on every rank
         for name in names:  # plain anomalib names = the mean over categories (the papers' number)
             if not math.isnan(results["mean"][name]):
-                pl_module.log(
-                    name, results["mean"][name], sync_dist=True
-                )  # the same value on every rank: the mean is that value
+                pl_module.log(name, results["mean"][name], sync_dist=True)
         # on every rank: Lightning's ``trainer.log_dir`` is a collective (a broadcast from rank 0)
         self._report(self._directory(trainer), names)
 
@@ -224,5 +253,14 @@ class PerCategoryEvaluator(Evaluator):
         return None
 
     def write(self, directory: str | Path) -> tuple[Path, Path]:
-        """Write ``per_category_metrics.csv`` and ``.json`` into ``directory`` (undefined values as ``null``)."""
-        return write_results(Path(directory), self.results, self.metric_names, self.notes, self.counted)
+        """Write ``per_category_metrics.csv``/``.json`` and ``per_image_scores.csv`` into ``directory``.
+
+        Undefined values are ``null``; the per-image file has each test image's raw and normalised score, label,
+        decision and its category's raw threshold (what the HTML report plots).
+        """
+        directory = Path(directory)
+        paths = write_results(directory, self.results, self.metric_names, self.notes, self.counted, self.table.bounds)
+        thresholds = category_thresholds(self.statistics, self.post_processor)
+        normalised = normalised_threshold(self.post_processor)
+        write_per_image_scores(directory / "per_image_scores.csv", self.statistics, thresholds, normalised)
+        return paths

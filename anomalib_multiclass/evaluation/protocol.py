@@ -1,7 +1,12 @@
-"""The papers' evaluation protocol on collected outputs: every metric per category on raw scores, then means.
+"""The papers' evaluation protocol on streamed statistics: every metric per category on raw scores, then means.
 
 Kept apart from the Lightning callback (``per_category.py``) so that validation, test, the "separate" mode and
-the benchmarks compute the table the same way from the same records.
+the benchmarks compute the table the same way from the same :class:`StreamingStatistics`.
+
+What is exact and what is binned: image-level metrics (AUROC, AP, F1-max) are computed on every image's score,
+exactly; pixel-level metrics (AUROC, AP, F1-max, AUPRO) on each category's dyadic histogram of pixel scores, each
+with an error bound computed from the histogram (``anomalib_multiclass/statistics/binned.py``); a bound above
+:data:`TOLERANCE` is named in a warning. ``bounds`` holds them per row and metric.
 """
 
 from __future__ import annotations
@@ -11,29 +16,22 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
 
 import torch
-from anomalib.metrics import AUPR, AUPRO, AUROC, F1Max
+from anomalib.metrics import AUPR, AUROC, F1Max
 from anomalib.metrics.base import AnomalibMetric
 
-from anomalib_multiclass.evaluation.table import ALL_CATEGORY, dataset_of
+from anomalib_multiclass.evaluation.table import dataset_of
+from anomalib_multiclass.statistics import CategoryStatistics, DyadicHistogram, StreamingStatistics
 from anomalib_multiclass.utils.distributed import on_this_process
 
 logger = logging.getLogger(__name__)
 
-IMAGE_FIELDS = ("pred_score", "gt_label")
-PIXEL_FIELDS = ("anomaly_map", "gt_mask")
-METRICS: dict[str, tuple[type[AnomalibMetric], tuple[str, str]]] = {
-    "image_AUROC": (AUROC, IMAGE_FIELDS),
-    "image_AP": (AUPR, IMAGE_FIELDS),
-    "image_F1Max": (F1Max, IMAGE_FIELDS),
-    "pixel_AUROC": (AUROC, PIXEL_FIELDS),
-    "pixel_AP": (AUPR, PIXEL_FIELDS),
-    "pixel_F1Max": (F1Max, PIXEL_FIELDS),
-    "AUPRO": (AUPRO, PIXEL_FIELDS),
-}
-DEFAULT_METRICS = tuple(METRICS)
+IMAGE_METRICS: dict[str, type[AnomalibMetric]] = {"image_AUROC": AUROC, "image_AP": AUPR, "image_F1Max": F1Max}
+PIXEL_METRICS = ("pixel_AUROC", "pixel_AP", "pixel_F1Max", "AUPRO")
+METRICS = (*IMAGE_METRICS, *PIXEL_METRICS)
+DEFAULT_METRICS = METRICS
+TOLERANCE = 1e-3  # pixel metrics' error bounds above this are reported
 
 
 def check_metric_names(names: Sequence[str]) -> None:
@@ -44,57 +42,12 @@ def check_metric_names(names: Sequence[str]) -> None:
         raise ValueError(msg)
 
 
-def batch_record(batch: Any) -> dict[str, Any] | None:
-    """A batch's raw outputs, labels, class indices, categories and paths, copied to the CPU (``None``: empty).
-
-    A batch without ``category`` (a plain anomalib batch) is one category, ``all``; without ``pred_score`` the
-    score is the map's maximum, as anomalib's post-processor takes it.
-    """
-    record: dict[str, Any] = {}
-    for name in (*IMAGE_FIELDS, *PIXEL_FIELDS, "class_index"):
-        value = getattr(batch, name, None)
-        if isinstance(value, torch.Tensor):
-            value = value.detach().to("cpu", copy=True)
-            if name == "anomaly_map" and value.dim() == 4:
-                value = value.squeeze(1)
-            if name == "gt_mask":
-                value = value.bool()
-            record[name] = value
-    size = next((len(record[f]) for f in ("pred_score", "anomaly_map") if f in record), 0)
-    if size == 0:
-        return None
-    if "pred_score" not in record:
-        record["pred_score"] = record["anomaly_map"].flatten(1).amax(dim=1)
-    record["pred_score"] = record["pred_score"].reshape(-1).float()
-    record["category"] = list(getattr(batch, "category", None) or [ALL_CATEGORY] * size)
-    paths = getattr(batch, "image_path", None)
-    record["image_path"] = [str(p) for p in paths] if paths is not None else [""] * size
-    return record
-
-
-def by_category(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, torch.Tensor]]:
-    """The records' tensors concatenated per category (categories sorted)."""
-    parts: dict[str, dict[str, list[torch.Tensor]]] = {}
-    for record in records:
-        categories = record["category"]
-        for category in dict.fromkeys(categories):
-            index = torch.tensor([i for i, c in enumerate(categories) if c == category])
-            store = parts.setdefault(category, {})
-            for name, value in record.items():
-                if isinstance(value, torch.Tensor):
-                    store.setdefault(name, []).append(value[index])
-    return {
-        category: {name: torch.cat(values) for name, values in store.items()}
-        for category, store in sorted(parts.items())
-    }
-
-
 def _unit_range(values: torch.Tensor) -> torch.Tensor:
     """Order-preserving map of raw scores into [0, 1].
 
     torchmetrics squashes scores outside [0, 1] with a sigmoid, which in float32 turns every raw score above
-    about 17 into exactly 1.0 (ties). A min-max rescale in float64 keeps the order, so AUROC, AP, F1max and AUPRO,
-    which depend only on the order, equal their values on the raw scores.
+    about 17 into exactly 1.0 (ties). A min-max rescale in float64 keeps the order, so AUROC, AP and F1-max, which
+    depend only on the order, equal their values on the raw scores.
     """
     values = values.double()
     low, high = values.min(), values.max()
@@ -102,27 +55,10 @@ def _unit_range(values: torch.Tensor) -> torch.Tensor:
     return ((values - low) / span if span > 0 else torch.zeros_like(values)).float()
 
 
-def undefined_reason(values: dict[str, torch.Tensor], level: str) -> str | None:
-    """Why the ``level`` (``"image"`` or ``"pixel"``) metrics are undefined on ``values``; ``None`` if defined."""
-    prediction_name, target_name = IMAGE_FIELDS if level == "image" else PIXEL_FIELDS
-    prediction, target = values.get(prediction_name), values.get(target_name)
-    if prediction is None:
-        return "no anomaly scores" if level == "image" else "no anomaly maps"
-    if target is None:
-        return "no image labels" if level == "image" else "no ground-truth masks"
-    positives = int((target > 0).sum())
-    if positives == 0:
-        return "no defective test image" if level == "image" else "no defect pixel in the masks"
-    if positives == target.numel():
-        return "no normal test image" if level == "image" else "no normal pixel in the masks"
-    return None
-
-
-def compute_metric(name: str, values: dict[str, torch.Tensor]) -> float:
-    """One metric on raw values (rescaled into [0, 1] without changing their order); NaN if it fails."""
-    cls, (prediction, target) = METRICS[name]
-    metric = on_this_process(cls(fields=[prediction, target], strict=False))  # rank 0 holds all data
-    metric.update(SimpleNamespace(**{prediction: _unit_range(values[prediction]), target: values[target]}))
+def image_metric(name: str, scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """One image-level metric on every image's score (exact); NaN if it fails."""
+    metric = on_this_process(IMAGE_METRICS[name](fields=["pred_score", "gt_label"], strict=False))
+    metric.update(SimpleNamespace(pred_score=_unit_range(scores), gt_label=labels))
     try:
         with torch.no_grad():
             return float(metric.compute())
@@ -131,17 +67,75 @@ def compute_metric(name: str, values: dict[str, torch.Tensor]) -> float:
         return math.nan
 
 
-def compute_row(values: dict[str, torch.Tensor], metric_names: Sequence[str]) -> tuple[dict[str, float], list[str]]:
-    """Every metric on one set of values; NaN, with the reason, where the data cannot define it."""
-    results, reasons = {}, []
-    for level, fields in (("image", IMAGE_FIELDS), ("pixel", PIXEL_FIELDS)):
-        names = [m for m in metric_names if METRICS[m][1] == fields]
-        reason = undefined_reason(values, level)
-        if reason is not None and names:
-            reasons.append(f"{level} metrics: {reason}")
-        for name in names:
-            results[name] = math.nan if reason is not None else compute_metric(name, values)
-    return {name: results[name] for name in metric_names}, reasons
+def _image_reason(scores: torch.Tensor, labels: torch.Tensor | None) -> str | None:
+    if scores.numel() == 0:
+        return "no anomaly scores"
+    if labels is None:
+        return "no image labels"
+    positives = int((labels > 0).sum())
+    if positives == 0:
+        return "no defective test image"
+    return "no normal test image" if positives == labels.numel() else None
+
+
+def _pixel_reason(histogram: DyadicHistogram, with_mask: int, without_mask: int) -> str | None:
+    if histogram.empty and without_mask == 0 and with_mask == 0:
+        return "no anomaly maps"
+    if with_mask == 0:
+        return "no ground-truth masks"
+    if without_mask:
+        return f"{without_mask} images without ground-truth masks"
+    assert histogram.counts is not None
+    if float(histogram.counts[1].sum()) == 0:
+        return "no defect pixel in the masks"
+    return "no normal pixel in the masks" if float(histogram.counts[0].sum()) == 0 else None
+
+
+def compute_row(
+    scores: torch.Tensor,
+    labels: torch.Tensor | None,
+    histogram: DyadicHistogram,
+    regions: int,
+    metric_names: Sequence[str],
+    masks: tuple[int, int] = (1, 0),
+) -> tuple[dict[str, float], dict[str, float], list[str]]:
+    """Every metric of one row: (values, error bounds of the binned ones, reasons for the undefined ones).
+
+    ``masks`` counts the row's images with and without ground-truth masks.
+    """
+    results, bounds, reasons = {}, {}, []
+    image_names = [m for m in metric_names if m in IMAGE_METRICS]
+    reason = _image_reason(scores, labels)
+    if reason is not None and image_names:
+        reasons.append(f"image metrics: {reason}")
+    for name in image_names:
+        results[name] = math.nan if reason is not None or labels is None else image_metric(name, scores, labels)
+    pixel_names = [m for m in metric_names if m in PIXEL_METRICS]
+    reason = _pixel_reason(histogram, *masks) if pixel_names else None
+    if reason is not None:
+        reasons.append(f"pixel metrics: {reason}")
+    summary = histogram.summary(regions) if pixel_names and reason is None else None
+    for name in pixel_names:
+        if summary is None or (name == "AUPRO" and regions == 0):
+            results[name] = math.nan
+            continue
+        value, bound = {
+            "pixel_AUROC": summary.auroc,
+            "pixel_AP": summary.average_precision,
+            "pixel_F1Max": lambda: summary.f1_max()[:2],
+            "AUPRO": summary.aupro,
+        }[name]()
+        results[name], bounds[name] = value, bound
+    return {name: results[name] for name in metric_names}, bounds, reasons
+
+
+def category_row(
+    stats: CategoryStatistics, metric_names: Sequence[str]
+) -> tuple[dict[str, float], dict[str, float], list[str]]:
+    """:func:`compute_row` of one category's raw scores and pixels."""
+    values = stats.image_values()
+    masks = (stats.images_with_mask, stats.images_without_mask)
+    return compute_row(values["pred_score"], values.get("gt_label"), stats.pixels, stats.regions, metric_names, masks)
 
 
 @dataclass
@@ -149,14 +143,29 @@ class CategoryTable:
     """Rows ``{category | mean[<dataset>] | mean | pooled: {metric: value}}``, NaN where undefined.
 
     ``notes`` says why a row has undefined values or over how many categories a mean runs; ``counted`` is the
-    number of categories behind each mean, per metric; ``pooled_values`` are the (normalised) values ``pooled``
-    was computed on.
+    number of categories behind each mean, per metric; ``bounds`` the error bound of each binned (pixel) value.
     """
 
     results: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
     counted: dict[str, dict[str, int]] = field(default_factory=dict)
-    pooled_values: dict[str, torch.Tensor] = field(default_factory=dict)
+    bounds: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def add_row(self, row: str, computed: tuple[dict[str, float], dict[str, float], list[str]]) -> None:
+        """One computed row, its bounds and its notes (a warning for a category with undefined metrics)."""
+        self.results[row], self.bounds[row], reasons = computed
+        if reasons:
+            self.notes[row] = "; ".join(reasons)
+            if row != "pooled":
+                logger.warning("Category %r: %s. Reported as n/a and left out of the means.", row, self.notes[row])
+        loose = {name: bound for name, bound in self.bounds[row].items() if bound > TOLERANCE}
+        if loose:
+            logger.warning(
+                "%s: binned pixel metrics known only to within %s (pixel scores crowd into few bins: an extreme "
+                "outlier stretches the range). Pass a larger num_bins to the evaluator for tighter values.",
+                row,
+                ", ".join(f"{name} ±{bound:.1e}" for name, bound in loose.items()),
+            )
 
     def add_mean(self, row: str, categories: Sequence[str], metric_names: Sequence[str]) -> None:
         """Mean of each metric over ``categories``, leaving out those where it is undefined."""
@@ -176,53 +185,42 @@ class CategoryTable:
             self.notes[row] = "; ".join(parts) + " categories"
 
 
-def category_table(
-    records: Sequence[dict[str, Any]],
-    metric_names: Sequence[str],
-    post_processor: Any = None,
-    pooled: bool = True,
-) -> CategoryTable:
-    """The per-category table of ``records`` (one per batch, see :func:`batch_record`).
+def category_table(statistics: StreamingStatistics, metric_names: Sequence[str], pooled: bool = True) -> CategoryTable:
+    """The per-category table of reduced ``statistics``.
 
-    Category rows are computed on the raw scores and maps. ``pooled`` uses ``post_processor``'s normalisation
-    (each image by its true class when the post-processor is class-aware), the raw values without one.
+    Category rows are computed on the raw scores and maps. ``pooled`` mixes every category's images: on their
+    normalised scores and maps where the statistics were folded with a normaliser, on the raw ones otherwise.
     Namespaced categories (``<dataset>/<category>``) add ``mean[<dataset>]`` rows before ``mean``.
     """
-    per_category = by_category(records)
     table = CategoryTable()
-    for category, values in per_category.items():
-        table.results[category], reasons = compute_row(values, metric_names)
-        if reasons:
-            table.notes[category] = "; ".join(reasons)
-            logger.warning(
-                "Category %r: %s. Reported as n/a and left out of the means.", category, table.notes[category]
-            )
+    for category, stats in statistics:
+        table.add_row(category, category_row(stats, metric_names))
     categories = list(table.results)
     for dataset in dict.fromkeys(d for d in map(dataset_of, categories) if d is not None):
         table.add_mean(f"mean[{dataset}]", [c for c in categories if dataset_of(c) == dataset], metric_names)
     table.add_mean("mean", categories, metric_names)
-    if not pooled:
-        return table
-    if per_category:
-        shared = [name for name in per_category[categories[0]] if all(name in v for v in per_category.values())]
-        mixed = {name: torch.cat([values[name] for values in per_category.values()]) for name in shared}
-        table.pooled_values = normalised(mixed, post_processor)
-        table.results["pooled"], reasons = compute_row(table.pooled_values, metric_names)
-        if reasons:
-            table.notes["pooled"] = "; ".join(reasons)
-    else:
-        table.results["pooled"] = dict.fromkeys(metric_names, math.nan)
+    if pooled:
+        table.add_row("pooled", pooled_row(statistics, metric_names))
     return table
 
 
-def normalised(values: dict[str, torch.Tensor], post_processor: Any) -> dict[str, torch.Tensor]:
-    """``values`` with scores and maps normalised as ``post_processor`` normalises a test batch."""
-    normalize = getattr(post_processor, "normalize_batch", None)
-    if normalize is None or not getattr(post_processor, "enable_normalization", False):
-        return values
-    batch = SimpleNamespace(**{"anomaly_map": None, "pred_class": None, **values})
-    normalize(batch)
-    result = {**values, "pred_score": batch.pred_score}
-    if batch.anomaly_map is not None:
-        result["anomaly_map"] = batch.anomaly_map
-    return result
+def pooled_row(
+    statistics: StreamingStatistics, metric_names: Sequence[str]
+) -> tuple[dict[str, float], dict[str, float], list[str]]:
+    """The metrics of all images mixed (normalised values where the statistics have them)."""
+    parts = [stats.image_values() for _, stats in statistics]
+    if not parts:
+        return dict.fromkeys(metric_names, math.nan), {}, []
+    normalised = torch.cat([p["normalised_score"] for p in parts])
+    raw = torch.cat([p["pred_score"] for p in parts])
+    with_normaliser = normalised.numel() > 0 and not bool(torch.isnan(normalised).any())
+    scores = normalised if with_normaliser else raw
+    labels = torch.cat([p["gt_label"] for p in parts]) if all("gt_label" in p for p in parts) else None
+    everything = [stats for _, stats in statistics]
+    masks = (sum(s.images_with_mask for s in everything), sum(s.images_without_mask for s in everything))
+    if with_normaliser and not statistics.pooled.empty:
+        histogram, regions = statistics.pooled, statistics.pooled_regions
+    else:
+        histogram = DyadicHistogram.merged([s.pixels for s in everything], statistics.num_bins)
+        regions = sum(s.regions for s in everything)
+    return compute_row(scores, labels, histogram, regions, metric_names, masks)

@@ -8,6 +8,11 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import torch
+
+from anomalib_multiclass.statistics import StreamingStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +72,15 @@ def write_results(
     metric_names: Sequence[str],
     notes: dict[str, str] | None = None,
     counted: dict[str, dict[str, int]] | None = None,
+    bounds: dict[str, dict[str, float]] | None = None,
 ) -> tuple[Path, Path]:
     """``per_category_metrics.csv`` and ``.json`` in ``directory``.
 
     Undefined metrics are ``null`` in both. A ``note`` column/field says why a category's metrics are undefined
-    and over how many categories a mean runs; JSON summary rows also carry ``n_categories`` per metric.
+    and over how many categories a mean runs; JSON summary rows also carry ``n_categories`` per metric, and rows
+    with binned (pixel) metrics their ``error_bound`` per metric.
     """
-    notes, counted = notes or {}, counted or {}
+    notes, counted, bounds = notes or {}, counted or {}, bounds or {}
     directory.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = directory / "per_category_metrics.csv", directory / "per_category_metrics.json"
     with csv_path.open("w", newline="") as handle:
@@ -87,9 +94,70 @@ def write_results(
         entry: dict = {m: None if math.isnan(values[m]) else values[m] for m in metric_names}
         if row in counted:
             entry["n_categories"] = counted[row]
+        if bounds.get(row):
+            entry["error_bound"] = bounds[row]
         if row in notes:
             entry["note"] = notes[row]
         payload[row] = entry
     json_path.write_text(json.dumps(payload, indent=2))
     logger.info("Per-category metrics written to %s and %s", csv_path, json_path)
     return csv_path, json_path
+
+
+PER_IMAGE_COLUMNS = ("category", "image_path", "label", "score", "normalized_score", "pred_label", "threshold")
+
+
+def category_thresholds(statistics: StreamingStatistics, post_processor: Any) -> dict[str, float]:
+    """The raw image threshold each category's images are decided with.
+
+    The category's own where the post-processor has per-class thresholds, its global one otherwise, NaN without.
+    """
+    thresholds = {}
+    per_class = getattr(post_processor, "_class_image_threshold", None)
+    global_threshold = getattr(post_processor, "image_threshold", None)
+    for category, stats in statistics:
+        value = global_threshold
+        if per_class is not None and stats.class_index is not None:
+            value = per_class(torch.tensor([stats.class_index]))
+        thresholds[category] = float(value.reshape(-1)[0]) if isinstance(value, torch.Tensor) else math.nan
+    return thresholds
+
+
+def normalised_threshold(post_processor: Any) -> float | None:
+    """The post-processor's threshold on normalised scores (``None`` without one)."""
+    value = getattr(post_processor, "normalized_image_threshold", None)
+    return float(value) if isinstance(value, torch.Tensor) else None
+
+
+def write_per_image_scores(
+    path: Path, statistics: StreamingStatistics, thresholds: dict[str, float], normalised: float | None = None
+) -> Path:
+    """One row per test image: ``category,image_path,label,score,normalized_score,pred_label,threshold``.
+
+    ``score`` is raw, ``normalized_score`` the post-processor's, ``pred_label`` its decision (normalised score above
+    the ``normalised`` threshold, else raw score above ``threshold``), ``threshold`` the category's raw threshold
+    (:func:`category_thresholds`); empty cells where a value does not exist.
+    """
+
+    def cell(value: float) -> str:
+        return "" if math.isnan(value) else repr(value)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(PER_IMAGE_COLUMNS)
+        for category, stats in statistics:
+            values = stats.image_values()
+            labels = torch.cat(stats.labels).tolist() if stats.labels else []
+            threshold = thresholds.get(category, math.nan)
+            paths = stats.paths or [""] * len(labels)
+            for image, label, score, own in zip(
+                paths, labels, values["pred_score"].tolist(), values["normalised_score"].tolist(), strict=True
+            ):
+                if not math.isnan(own) and normalised is not None:
+                    decision = str(int(own > normalised))
+                else:
+                    decision = "" if math.isnan(threshold) else str(int(score > threshold))
+                row = [category, image, "" if label < 0 else label, repr(score), cell(own), decision]
+                writer.writerow([*row, cell(threshold)])
+    return path

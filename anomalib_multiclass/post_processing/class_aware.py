@@ -12,12 +12,14 @@ and applies them per image, from the image's class:
 Without a class, or for a category that had no validation images, the global values apply. With
 ``per_category=False`` it is anomalib's post-processor.
 
-Statistics are computed once per validation epoch from every image the validation loop produced, gathered over
-all DDP ranks (each image once: the distributed sampler's padding duplicates are dropped), so thresholds do not
-depend on the number of processes. The per-class values are buffers, saved in checkpoints (their size comes back
-from the checkpoint) and baked into exported graphs: an exported model that outputs ``pred_class`` thresholds per
-class by itself; for the others the exported graph applies the global values and ``per_class_thresholds()``
-gives the table to apply given the category.
+Statistics are learnt once per validation epoch from the streamed statistics of every image the validation loop
+produced (``anomalib_multiclass.statistics``, shared with the per-category evaluator: one score per image and a
+fixed-size pixel histogram per category, no copy of the maps), summed over all DDP ranks (each image once: the
+distributed sampler's padding is never folded in), so thresholds do not depend on the number of processes.
+
+The per-class values are buffers, saved in checkpoints (their size comes back from the checkpoint) and baked into
+exported graphs: an exported model that outputs ``pred_class`` thresholds per class by itself; for the others the
+exported graph applies the global values and ``per_class_thresholds()`` gives the table to apply given the category.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
 
 from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
-from anomalib_multiclass.utils.distributed import broadcast, gather_records, on_this_process
+from anomalib_multiclass.statistics import DyadicHistogram, StreamingStatistics
+from anomalib_multiclass.statistics.shared import batch_key, validation_statistics
+from anomalib_multiclass.utils.distributed import on_this_process
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ class ClassAwarePostProcessor(PostProcessor):
         self.per_category = per_category
         for name in _BUFFERS:
             self.register_buffer(name, torch.full((num_classes,), float("nan")))
-        self._records: list[dict[str, Any]] = []
+        self._statistics: StreamingStatistics | None = None
 
     @property
     def _checkpoint_config_keys(self) -> tuple[str, ...]:
@@ -95,35 +99,25 @@ class ClassAwarePostProcessor(PostProcessor):
         return None
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start a fresh collection of validation outputs."""
-        del trainer, pl_module
-        self._records = []
+        """Join (or start) the pass's streamed validation statistics, shared with the per-category evaluator."""
+        self._statistics = validation_statistics(trainer, pl_module)
 
     def on_validation_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Batch, *args, **kwargs
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Batch, *args: Any, **kwargs: Any
     ) -> None:
-        """Keep the raw scores, maps, labels and true classes (statistics are computed at the epoch's end)."""
-        del trainer, pl_module, args, kwargs
-        record: dict[str, Any] = {}
-        for name in ("pred_score", "gt_label", "anomaly_map", "gt_mask", "class_index"):
-            value = getattr(outputs, name, None)
-            if isinstance(value, torch.Tensor):
-                record[name] = value.detach().to("cpu", copy=True)
-        size = next((len(record[n]) for n in ("pred_score", "anomaly_map") if n in record), 0)
-        if size == 0:
-            return
-        paths = getattr(outputs, "image_path", None)
-        record["image_path"] = [str(p) for p in paths] if paths is not None else [""] * size
-        record["category"] = [str(int(c)) for c in record["class_index"]] if "class_index" in record else [""] * size
-        self._records.append(record)
+        """Fold the raw scores, maps, labels and true classes in (statistics are read at the epoch's end)."""
+        del trainer, pl_module
+        if self._statistics is None:  # driven without the epoch-start hook
+            self._statistics = validation_statistics(None, None)
+        self._statistics.fold(outputs, batch_key(args, kwargs, outputs))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Global and per-class values from all ranks' validation images, computed on rank 0, shared with all."""
+        """Global and per-class values from every rank's validation images (the same on every rank)."""
         del trainer, pl_module
-        records = gather_records(getattr(self, "_records", []))
-        self._records = []
-        table = self._learn(records) if records is not None else None
-        table = broadcast(table)
+        statistics, self._statistics = self._statistics, None
+        if statistics is None:
+            return
+        table = self._learn(statistics.reduce())
         if table is None:
             return
         for buffer, name in zip(_GLOBAL_BUFFERS, _STATISTICS, strict=True):
@@ -140,36 +134,45 @@ class ClassAwarePostProcessor(PostProcessor):
                 if not math.isnan(values[name]):
                     getattr(self, f"class_{name}")[cls] = values[name]
 
-    def _learn(self, records: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """``{"global": {statistic: value}, "classes": {class: {statistic: value}}}``, NaN where not learnable."""
-        if not records:
+    def _learn(self, statistics: StreamingStatistics) -> dict[str, Any] | None:
+        """``{"global": {statistic: value}, "classes": {class: {statistic: value}}}``, NaN where not learnable.
+
+        Image values are exact (every image's score is kept); the pixel threshold is the lower edge of the
+        F1-optimal bin of the streamed pixel histogram (within one bin width, about range / 2**17, of the exact
+        one), the pixel range exact.
+        """
+        categories = [stats for _, stats in statistics if stats.num_images]
+        if not categories:
             return None
-        values = {
-            name: torch.cat([r[name] for r in records])
-            for name in ("pred_score", "gt_label", "anomaly_map", "gt_mask", "class_index")
-            if all(name in r for r in records)
-        }
-        table: dict[str, Any] = {"global": self._statistics(values), "classes": {}}
-        classes = values.get("class_index")
-        if self.per_category and classes is not None:
-            for cls in classes.unique().tolist():
-                index = (classes == cls).nonzero().flatten()
-                table["classes"][int(cls)] = self._statistics({k: v[index] for k, v in values.items()})
+        images = [stats.image_values() for stats in categories]
+        scores = torch.cat([v["pred_score"] for v in images])
+        labels = torch.cat([v["gt_label"] for v in images]) if all("gt_label" in v for v in images) else None
+        pixels = DyadicHistogram.merged([stats.pixels for stats in categories], statistics.num_bins)
+        table: dict[str, Any] = {"global": self._statistics_of(scores, labels, pixels), "classes": {}}
+        if self.per_category:
+            for stats, values in zip(categories, images, strict=True):
+                if stats.class_index is not None:
+                    own = self._statistics_of(values["pred_score"], values.get("gt_label"), stats.pixels)
+                    table["classes"][stats.class_index] = own
         return table
 
-    def _statistics(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _statistics_of(
+        self, scores: torch.Tensor, labels: torch.Tensor | None, pixels: DyadicHistogram
+    ) -> dict[str, float]:
         """Anomalib's statistics (F1-optimal thresholds, min and max) of one set of raw outputs."""
         stats = dict.fromkeys(_STATISTICS, math.nan)
-        for level, prediction, target in (("image", "pred_score", "gt_label"), ("pixel", "anomaly_map", "gt_mask")):
-            if prediction not in values:
-                continue
-            if self.enable_thresholding and target in values:
-                metric = on_this_process(F1AdaptiveThreshold(fields=[prediction, target], strict=False))
-                metric.update(SimpleNamespace(**{prediction: values[prediction], target: values[target]}))
-                stats[f"{level}_threshold"] = float(metric.compute())
+        if scores.numel():
+            if self.enable_thresholding and labels is not None:
+                metric = on_this_process(F1AdaptiveThreshold(fields=["pred_score", "gt_label"], strict=False))
+                metric.update(SimpleNamespace(pred_score=scores.float(), gt_label=labels))
+                stats["image_threshold"] = float(metric.compute())
             if self.enable_normalization:
-                stats[f"{level}_min"] = float(values[prediction].min())
-                stats[f"{level}_max"] = float(values[prediction].max())
+                stats["image_min"], stats["image_max"] = float(scores.min()), float(scores.max())
+        if not pixels.empty:
+            if self.enable_thresholding and pixels.counts is not None and float(pixels.counts[:2].sum()) > 0:
+                stats["pixel_threshold"] = pixels.summary().f1_threshold()
+            if self.enable_normalization:
+                stats["pixel_min"], stats["pixel_max"] = pixels.low, pixels.high
         return stats
 
     # --- applying them --------------------------------------------------------------------------------

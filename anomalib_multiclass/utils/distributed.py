@@ -1,8 +1,13 @@
-"""Gathering what each DDP rank saw, so that metrics and statistics do not depend on the number of processes."""
+"""Collectives for statistics that must not depend on the number of processes (DDP).
+
+Fixed-size state is summed with all-reduces of tensors; the few per-image numbers are all-gathered as tensors;
+only names (categories, image paths) travel as Python objects. Every rank ends with the same values.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -19,58 +24,74 @@ def distributed() -> bool:
     )
 
 
-def gather_records(records: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """All ranks' records on rank 0, each image once; ``None`` on the other ranks; ``records`` in one process.
+def _device() -> torch.device:
+    """Where the process group's collectives take tensors (NCCL: this process's GPU)."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
-    Each record is one batch: tensors with the batch first and the lists ``category`` and ``image_path``. The
-    distributed sampler pads the last shard by repeating images; an image (category and path) already seen is
-    dropped. Images without a path cannot be told apart: they are all kept, and a log line says so.
+
+_OPS = {"sum": "SUM", "min": "MIN", "max": "MAX"}
+
+
+def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``tensor`` reduced over every process (``op``: sum, min or max); the tensor itself in one process."""
+    if not distributed():
+        return tensor
+    moved = tensor.to(_device())
+    torch.distributed.all_reduce(moved, op=getattr(torch.distributed.ReduceOp, _OPS[op]))
+    return moved.to(tensor.device)
+
+
+def all_gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Every process's ``rows`` (2-D, any number of rows each) stacked in rank order, on every process."""
+    if not distributed():
+        return rows
+    world = torch.distributed.get_world_size()
+    counts = [torch.zeros(1, dtype=torch.long, device=_device()) for _ in range(world)]
+    torch.distributed.all_gather(counts, torch.tensor([len(rows)], device=_device()))
+    longest = max(int(c) for c in counts)
+    padded = torch.zeros(longest, rows.shape[1], dtype=rows.dtype, device=_device())
+    padded[: len(rows)] = rows.to(_device())
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(parts, padded)
+    return torch.cat([part[: int(count)] for part, count in zip(parts, counts, strict=True)]).to(rows.device)
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every process's ``value`` (small picklable objects: names, paths), in rank order; ``[value]`` alone."""
+    if not distributed():
+        return [value]
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
+def real_samples(trainer: Any, stage: str) -> int | None:
+    """How many of this process's samples of ``stage`` are real, not the distributed sampler's padding.
+
+    torch's ``DistributedSampler`` (which Lightning puts in under DDP) evens the shards by repeating the first
+    samples at the end of its list; rank ``r`` takes positions ``r, r + W, r + 2W, ...``, so its samples at
+    positions ``>= len(dataset)`` are the repeats. ``None`` where nothing is repeated or the sampler is unknown
+    (a log line says so when several processes run).
     """
-    if not distributed():
-        return records
-    gathered: list[list[dict[str, Any]]] | None = (
-        [[] for _ in range(torch.distributed.get_world_size())] if torch.distributed.get_rank() == 0 else None
-    )
-    torch.distributed.gather_object(records, gathered, dst=0)
-    if gathered is None:
+    if trainer is None or not distributed():
         return None
-    seen: set[tuple[str, str]] = set()
-    kept: list[dict[str, Any]] = []
-    unnamed = 0
-    for record in (r for rank_records in gathered for r in rank_records):
-        keep = []
-        for i, (category, path) in enumerate(zip(record["category"], record["image_path"], strict=True)):
-            if not path:
-                unnamed += 1
-                keep.append(i)
-            elif (category, path) not in seen:
-                seen.add((category, path))
-                keep.append(i)
-        if len(keep) == len(record["category"]):
-            kept.append(record)
-        elif keep:
-            kept.append(select(record, keep))
-    if unnamed:
-        logger.info("%d gathered images have no path: padding duplicates among them cannot be dropped.", unnamed)
-    return kept
+    from torch.utils.data import DistributedSampler
 
-
-def select(record: dict[str, Any], index: list[int]) -> dict[str, Any]:
-    """The images at ``index`` of a record (tensors indexed, lists picked)."""
-    positions = torch.tensor(index, dtype=torch.long)
-    return {
-        name: value[positions] if isinstance(value, torch.Tensor) else [value[i] for i in index]
-        for name, value in record.items()
-    }
-
-
-def broadcast(payload: Any) -> Any:
-    """Rank 0's ``payload`` on every rank (the payload itself in one process)."""
-    if not distributed():
-        return payload
-    box = [payload]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
+    loaders = getattr(trainer, {"validate": "val_dataloaders", "test": "test_dataloaders"}.get(stage, ""), None)
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if len(loaders) == 1 else None
+    sampler = getattr(loaders, "sampler", None)
+    if not isinstance(sampler, DistributedSampler):
+        sampler = getattr(getattr(loaders, "batch_sampler", None), "sampler", None)
+    if not isinstance(sampler, DistributedSampler):
+        logger.info("No DistributedSampler found for %s: every image each process sees is counted.", stage)
+        return None
+    if type(sampler).__name__.startswith("Unrepeated") or sampler.drop_last:
+        return None
+    size = len(sampler.dataset)  # type: ignore[arg-type]
+    return max(0, math.ceil((size - sampler.rank) / sampler.num_replicas))
 
 
 def _not_distributed() -> bool:
@@ -80,10 +101,10 @@ def _not_distributed() -> bool:
 def on_this_process(metric: Any) -> Any:
     """``metric`` computed on this process's values alone, never synchronised across processes.
 
-    For metrics rank 0 computes on values it has already gathered from every process: a synchronising
-    ``compute`` would wait for the other ranks, which never call it (a deadlock). Through torchmetrics'
-    ``distributed_available_fn``, which every metric has (``sync_on_compute`` is not accepted by every
-    anomalib metric's constructor, and set afterwards it is not read by ``compute``).
+    For metrics computed on values every process already holds: a synchronising ``compute`` would wait for
+    collectives the other ranks never enter (a deadlock). Through torchmetrics' ``distributed_available_fn``, which
+    every metric has (``sync_on_compute`` is not accepted by every anomalib metric's constructor, and set afterwards
+    it is not read by ``compute``).
     """
     from torchmetrics import Metric
 

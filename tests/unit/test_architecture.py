@@ -11,6 +11,7 @@ LAYERS = {
     "category_map": 0,
     "utils": 0,
     "data": 1,
+    "statistics": 1,
     "evaluation": 2,
     "post_processing": 2,
     "visualization": 2,

@@ -48,10 +48,10 @@ def test_per_category_mean_and_pooled_match_a_hand_computation():
             "image_AP": average_precision_score(labels[sl], scores[sl]),
             "pixel_AUROC": roc_auc_score(masks[sl].flatten().numpy(), maps[sl].flatten().numpy()),
         }
-        for name, value in expected[cat].items():
-            assert results[cat][name] == pytest.approx(value, abs=1e-5), (cat, name)
+        for name, value in expected[cat].items():  # pixel metrics are binned: within 1e-3 (test_statistics.py)
+            assert results[cat][name] == pytest.approx(value, abs=1e-5 if name.startswith("image") else 1e-3)
     for name in ("image_AUROC", "image_AP", "pixel_AUROC"):
-        assert results["mean"][name] == pytest.approx((expected["a"][name] + expected["b"][name]) / 2, abs=1e-5)
+        assert results["mean"][name] == pytest.approx((expected["a"][name] + expected["b"][name]) / 2, abs=1e-3)
     assert results["pooled"]["image_AUROC"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-5)
     # category b's scores sit 3 above a's: pooling mixes scales, so pooled < mean here
     assert results["pooled"]["image_AUROC"] < results["mean"]["image_AUROC"]
@@ -194,7 +194,7 @@ def test_metrics_read_raw_scores_whatever_the_predicted_class():
             for callback in trainer.callbacks:  # Lightning calls the hooks in list order
                 callback.on_test_batch_end(trainer, None, batch, batch, 0)
             decisions.append(batch.pred_score)  # normalised by the post-processor, after the evaluator kept the raw
-        return post_processor, evaluator.compute(post_processor), torch.cat(decisions)
+        return post_processor, evaluator.compute(), torch.cat(decisions)
 
     true_post, true_results, true_decisions = run(classes.clone())
     wrong = classes.clone()
@@ -213,9 +213,17 @@ def test_metrics_read_raw_scores_whatever_the_predicted_class():
     assert not torch.equal(true_decisions, test_scores)
 
 
+def _statistics_of(values, regions=True):
+    from anomalib_multiclass.statistics import StreamingStatistics
+
+    statistics = StreamingStatistics(regions=regions)
+    statistics.update(SimpleNamespace(**values, category=["c"] * len(values["pred_score"])))
+    return statistics.reduce()
+
+
 def test_every_default_metric_is_computed_on_well_defined_data():
     """Each metric the table prints (AUPRO included) is a number where the data defines it."""
-    from anomalib_multiclass.evaluation.protocol import DEFAULT_METRICS, compute_row
+    from anomalib_multiclass.evaluation.protocol import DEFAULT_METRICS, category_row
 
     generator = torch.Generator().manual_seed(0)
     masks = (torch.rand(8, 16, 16, generator=generator) > 0.8).int()
@@ -226,7 +234,7 @@ def test_every_default_metric_is_computed_on_well_defined_data():
         "anomaly_map": torch.rand(8, 16, 16, generator=generator) + masks,
         "gt_mask": masks,
     }
-    results, reasons = compute_row(values, DEFAULT_METRICS)
+    results, _, reasons = category_row(_statistics_of(values).categories["c"], DEFAULT_METRICS)
     assert reasons == []
     assert set(results) == set(DEFAULT_METRICS)
     assert all(0.0 <= value <= 1.0 for value in results.values()), results
@@ -234,13 +242,13 @@ def test_every_default_metric_is_computed_on_well_defined_data():
     assert results["pixel_AUROC"] > 0.9
 
 
-def test_metrics_on_gathered_values_never_synchronise_across_processes(tmp_path, monkeypatch):
-    """Rank 0 computes on values it gathered from every process: a metric that synchronised on compute would
-    wait for the other ranks, which never call it (the deadlock of a 2-process test). Nested metrics included."""
+def test_metrics_on_reduced_values_never_synchronise_across_processes(tmp_path, monkeypatch):
+    """Every process computes the table on statistics it already summed: a metric that synchronised on compute
+    would wait for collectives the other ranks never enter (a deadlock). Nested metrics included."""
     import torch.distributed as dist
     import torchmetrics.metric
 
-    from anomalib_multiclass.evaluation.protocol import DEFAULT_METRICS, compute_row
+    from anomalib_multiclass.evaluation.protocol import DEFAULT_METRICS, category_row
 
     def refuse(*args, **kwargs):
         raise AssertionError("a metric tried to synchronise across processes")
@@ -255,10 +263,12 @@ def test_metrics_on_gathered_values_never_synchronise_across_processes(tmp_path,
             "gt_label": torch.tensor([0, 1, 0, 1]),
             "anomaly_map": torch.rand(4, 8, 8) + masks,
             "gt_mask": masks,
+            "class_index": torch.zeros(4, dtype=torch.long),
         }
-        results, _ = compute_row(values, DEFAULT_METRICS)
+        statistics = _statistics_of(values)
+        results, _, _ = category_row(statistics.categories["c"], DEFAULT_METRICS)
         assert results["image_AUROC"] == 1.0
-        statistics = ClassAwarePostProcessor()._statistics(values)
-        assert 0.2 <= statistics["image_threshold"] <= 0.8 + 1e-6
+        learnt = ClassAwarePostProcessor()._learn(statistics)
+        assert 0.2 <= learnt["global"]["image_threshold"] <= 0.8 + 1e-6
     finally:
         dist.destroy_process_group()

@@ -1,0 +1,277 @@
+"""Pixel scores on a dyadic grid: a fixed-size histogram that any number of pixels folds into, exactly mergeable.
+
+Why not a library: ``adeval`` (the ADer benchmark's evaluator) and torchmetrics' binned curves both need the score
+range before the first pixel arrives, and raw anomaly maps have none (a reconstruction error can be 0.3 in one
+category and 300 in another, and the test set may go beyond what validation saw); adeval also bins on 1,000 strips
+(about 1e-3 of the range, not of the curve) and loops over images in Python. So the grid here follows the data.
+
+The grid: bin ``i`` holds the values in ``[(start + i) * 2**exponent, (start + i + 1) * 2**exponent)``. Its
+``exponent`` is the smallest whose ``num_bins`` bins span every value seen so far (see :func:`canonical_grid`),
+``start`` the bin of the smallest value. When a batch goes past the window, the grid widens by powers of two:
+each old bin falls whole into one new bin (``absolute index >> k``), so no count is ever split or estimated.
+Hence the final histogram depends only on the smallest and largest value seen, never on the order of the batches
+nor on how they were split across processes: DDP ranks bring their histograms to the grid of the global range,
+again exactly, and add them. One histogram is ``3 x num_bins`` float64 (3 MiB at the default 2**17 bins) whatever
+the number of pixels; counts are exact integers in float64 up to 2**53 pixels.
+
+The error bound: every pixel metric is computed at the bin edges, which is exact for every pair of pixels in
+different bins; only the order *within* a bin is unknown. For each metric that unknown order bounds the error,
+and :class:`CurveSummary` reports the bound computed from the histogram itself:
+
+- AUROC counts a positive and a negative in the same bin as half a pair (the trapezoid): the error is at most
+  ``sum_b p_b n_b / (2 P N)``;
+- AP (step-wise, as sklearn and anomalib) lies between its values with each bin's positives first and last
+  (closed forms with the digamma function): the bound is that interval's width;
+- F1-max at the bin edges is at most the best F1 inside a bin, ``2 tp_b / (tp_b + fp_(b+1) + P)``;
+- AUPRO (anomalib's: per-region overlap against the global FPR up to 0.3, trapezoid, normalised) crosses each bin
+  on a monotone path between the bin's corners: the error is at most ``sum_b dFPR_b dPRO_b / 2 / 0.3``.
+
+With values spread over ``m`` of the bins these bounds fall like ``1/m``; the range is at least half-filled, so
+``m`` is at least ``num_bins / 2`` for a continuous map. The evaluator logs a warning for any bound above 1e-3.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_BINS = 2**17
+FPR_LIMIT = 0.3  # anomalib's AUPRO default
+NEGATIVE, POSITIVE, REGION_WEIGHT = 0, 1, 2
+_MANTISSA_BITS = 52  # finer bins than float64 can tell apart mean nothing: the exponent floor
+
+
+def _fits(low: float, high: float, exponent: int, num_bins: int) -> bool:
+    scale = 2.0**-exponent
+    return math.floor(high * scale) - math.floor(low * scale) < num_bins
+
+
+def canonical_grid(low: float, high: float, num_bins: int) -> tuple[int, int]:
+    """``(exponent, start)`` of the finest dyadic grid whose ``num_bins`` bins hold ``[low, high]``.
+
+    Finest but not below ``2**-52`` of the largest magnitude (so bin indices stay exact in float64 and int64).
+    """
+    magnitude = max(abs(low), abs(high)) or 1.0
+    floor = math.frexp(magnitude)[1] - _MANTISSA_BITS
+    span = high - low
+    exponent = max(floor, math.ceil(math.log2(span / (num_bins - 1))) if span > 0 else floor)
+    while not _fits(low, high, exponent, num_bins):
+        exponent += 1
+    while exponent - 1 >= floor and _fits(low, high, exponent - 1, num_bins):
+        exponent -= 1
+    return exponent, math.floor(low * 2.0**-exponent)
+
+
+class DyadicHistogram:
+    """Negative and positive pixel counts and per-region weights (AUPRO) on a dyadic grid (module docstring).
+
+    Args:
+        num_bins: Bins of the grid; memory is ``24 * num_bins`` bytes, the error bounds fall like ``1/num_bins``.
+    """
+
+    def __init__(self, num_bins: int = DEFAULT_BINS) -> None:
+        if num_bins < 16:
+            msg = f"num_bins must be at least 16, got {num_bins}."
+            raise ValueError(msg)
+        self.num_bins = num_bins
+        self.counts: torch.Tensor | None = None  # (3, num_bins) float64: negatives, positives, region weights
+        self.exponent = 0
+        self.start = 0
+        self.low = math.inf  # exact smallest and largest value seen
+        self.high = -math.inf
+
+    @property
+    def empty(self) -> bool:
+        """True before the first value."""
+        return self.counts is None
+
+    @property
+    def width(self) -> float:
+        """The width of one bin."""
+        return 2.0**self.exponent
+
+    def lower_edges(self) -> torch.Tensor:
+        """Each bin's smallest value (float64)."""
+        return (torch.arange(self.num_bins, dtype=torch.float64) + self.start) * self.width
+
+    def add(self, values: torch.Tensor, positive: torch.Tensor, region_weight: torch.Tensor | None = None) -> None:
+        """Fold in ``values`` (finite, any shape), their ground truth and (AUPRO) each pixel's ``1 / region size``."""
+        values = values.detach().reshape(-1).to("cpu", torch.float64)
+        if values.numel() == 0:
+            return
+        positive = positive.detach().reshape(-1).to("cpu", torch.bool)
+        low, high = float(values.min()), float(values.max())
+        self.regrid_to_hold(low, high)
+        index = torch.floor(values * 2.0**-self.exponent).long() - self.start
+        counts = torch.bincount(index + self.num_bins * positive.long(), minlength=2 * self.num_bins)
+        assert self.counts is not None
+        self.counts[:2] += counts.reshape(2, self.num_bins)
+        if region_weight is not None:
+            weights = region_weight.detach().reshape(-1).to("cpu", torch.float64)
+            self.counts[REGION_WEIGHT] += torch.bincount(index[positive], weights[positive], minlength=self.num_bins)
+
+    def regrid_to_hold(self, low: float, high: float) -> None:
+        """Widen (exactly) to the canonical grid of everything seen plus ``[low, high]``, if the window is short."""
+        low, high = min(low, self.low), max(high, self.high)
+        if self.counts is not None and low == self.low and high == self.high:
+            return
+        exponent, start = canonical_grid(low, high, self.num_bins)
+        if self.counts is None:
+            self.counts = torch.zeros(3, self.num_bins, dtype=torch.float64)
+            self.exponent, self.start = exponent, start
+        elif exponent != self.exponent or not self._window_holds(low, high):
+            self.regrid(exponent, start)
+        self.low, self.high = low, high
+
+    def _window_holds(self, low: float, high: float) -> bool:
+        scale = 2.0**-self.exponent
+        return math.floor(low * scale) >= self.start and math.floor(high * scale) < self.start + self.num_bins
+
+    def regrid(self, exponent: int, start: int) -> None:
+        """Move the counts to the grid ``(exponent, start)``, with ``exponent`` at least the current one."""
+        if self.counts is None:
+            self.exponent, self.start = exponent, start
+            return
+        if exponent < self.exponent:
+            msg = f"A dyadic histogram only coarsens: exponent {exponent} < {self.exponent}."
+            raise ValueError(msg)
+        absolute = torch.arange(self.num_bins, dtype=torch.long) + self.start
+        index = torch.div(absolute, 2 ** (exponent - self.exponent), rounding_mode="floor") - start
+        occupied = self.counts.sum(dim=0) > 0
+        if bool(((index < 0) | (index >= self.num_bins))[occupied].any()):
+            msg = "Internal error: a dyadic regrid would drop counts outside the new window."
+            raise RuntimeError(msg)
+        counts = torch.zeros_like(self.counts)
+        counts.index_add_(1, index[occupied], self.counts[:, occupied])
+        self.counts, self.exponent, self.start = counts, exponent, start
+
+    def canonical(self) -> DyadicHistogram:
+        """Itself on the canonical grid of its own range (what every merge and DDP reduction ends in)."""
+        if self.counts is not None:
+            self.regrid(*canonical_grid(self.low, self.high, self.num_bins))
+        return self
+
+    @classmethod
+    def merged(cls, parts: list[DyadicHistogram], num_bins: int = DEFAULT_BINS) -> DyadicHistogram:
+        """One histogram holding every part's counts, on the canonical grid of their joint range (exact)."""
+        result = cls(num_bins)
+        filled = [p for p in parts if not p.empty]
+        if not filled:
+            return result
+        low, high = min(p.low for p in filled), max(p.high for p in filled)
+        exponent, start = canonical_grid(low, high, num_bins)
+        result.counts = torch.zeros(3, num_bins, dtype=torch.float64)
+        result.exponent, result.start, result.low, result.high = exponent, start, low, high
+        for part in filled:
+            copy = cls(part.num_bins)
+            assert part.counts is not None
+            copy.counts, copy.exponent, copy.start = part.counts.clone(), part.exponent, part.start
+            if part.num_bins != num_bins:
+                msg = f"Cannot merge histograms of {part.num_bins} and {num_bins} bins."
+                raise ValueError(msg)
+            copy.regrid(exponent, start)
+            result.counts += copy.counts
+        return result
+
+    def summary(self, regions: int = 0) -> CurveSummary:
+        """The pixel metrics of the counts, each with its error bound."""
+        assert self.counts is not None, "no values"
+        return CurveSummary(self.counts[NEGATIVE], self.counts[POSITIVE], self.counts[REGION_WEIGHT], regions, self)
+
+
+@dataclass
+class CurveSummary:
+    """Pixel AUROC, AP, F1-max, AUPRO and the F1-optimal threshold from binned counts, with error bounds."""
+
+    negatives: torch.Tensor
+    positives: torch.Tensor
+    region_weights: torch.Tensor
+    regions: int
+    histogram: DyadicHistogram
+
+    @property
+    def num_positive(self) -> float:
+        """Positive pixels."""
+        return float(self.positives.sum())
+
+    @property
+    def num_negative(self) -> float:
+        """Negative pixels."""
+        return float(self.negatives.sum())
+
+    def _above(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """True and false positives when bin ``b`` and every bin above it are called anomalous."""
+        return self.positives.flip(0).cumsum(0).flip(0), self.negatives.flip(0).cumsum(0).flip(0)
+
+    def auroc(self) -> tuple[float, float]:
+        """AUROC (a positive and a negative in one bin count half) and its bound."""
+        pairs = self.num_positive * self.num_negative
+        below = self.negatives.cumsum(0) - self.negatives
+        value = float((self.positives * (below + self.negatives / 2)).sum()) / pairs
+        return value, float((self.positives * self.negatives).sum()) / (2 * pairs)
+
+    def average_precision(self) -> tuple[float, float]:
+        """Step-wise AP with each bin one threshold (sklearn's ties), and the width of its exact interval."""
+        positives, negatives = self.positives.flip(0), self.negatives.flip(0)  # descending scores
+        tp, fp = positives.cumsum(0), negatives.cumsum(0)
+        called = tp + fp
+        precision = torch.where(called > 0, tp / called.clamp_min(1), torch.zeros_like(tp))
+        total = self.num_positive
+        value = float((positives * precision).sum()) / total
+        before_tp, before_called = tp - positives, called - positives - negatives
+        best = _sum_of_precisions(before_tp, before_called, positives)  # the bin's positives first
+        worst = _sum_of_precisions(before_tp, before_called + negatives, positives)  # its negatives first
+        return value, float((best - worst).sum()) / total
+
+    def f1_max(self) -> tuple[float, float, float]:
+        """(F1-max at the bin edges, its bound, the F1-optimal threshold: the lower edge of the best bin)."""
+        tp, fp = self._above()
+        total = self.num_positive
+        f1 = 2 * tp / (tp + fp + total)
+        best = int(torch.argmax(f1))
+        next_fp = torch.cat([fp[1:], fp.new_zeros(1)])
+        upper = float((2 * tp / (tp + next_fp + total)).max())
+        threshold = max(float(self.histogram.lower_edges()[best]), self.histogram.low)
+        return float(f1[best]), upper - float(f1[best]), threshold
+
+    def f1_threshold(self) -> float:
+        """The F1-adaptive threshold on the binned pixels (anomalib's fallbacks without one of the classes)."""
+        if self.num_positive == 0:
+            return self.histogram.high
+        if self.num_negative == 0:
+            return self.histogram.low
+        return self.f1_max()[2]
+
+    def aupro(self, fpr_limit: float = FPR_LIMIT) -> tuple[float, float]:
+        """AUPRO as anomalib computes it (area up to ``fpr_limit``, normalised by it) and its bound."""
+        tp_weight = self.region_weights.flip(0).cumsum(0) / self.regions
+        fp = self.negatives.flip(0).cumsum(0) / self.num_negative
+        fpr = torch.cat([fp.new_zeros(1), fp]).clamp(max=1.0)
+        pro = torch.cat([tp_weight.new_zeros(1), tp_weight]).clamp(max=1.0)
+        inside = int((fpr <= fpr_limit).sum())  # fpr is non-decreasing
+        if inside < fpr.numel() and float(fpr[inside - 1]) < fpr_limit:
+            f1, f2, p1, p2 = fpr[inside - 1], fpr[inside], pro[inside - 1], pro[inside]
+            limit_pro = p1 + (p2 - p1) * (fpr_limit - f1) / (f2 - f1)
+            fpr = torch.cat([fpr[:inside], fpr.new_tensor([fpr_limit])])
+            pro = torch.cat([pro[:inside], limit_pro.reshape(1)])
+        else:
+            fpr, pro = fpr[:inside], pro[:inside]
+        end = float(fpr[-1])
+        if end <= 0:
+            return 0.0, 0.0
+        d_fpr, d_pro = fpr[1:] - fpr[:-1], pro[1:] - pro[:-1]
+        area = float((d_fpr * (pro[1:] + pro[:-1]) / 2).sum())
+        return area / end, float((d_fpr * d_pro).sum()) / 2 / end
+
+
+def _sum_of_precisions(true_before: torch.Tensor, called_before: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``sum_{i=1..count} (a + i) / (c + i)`` per bin, ``a`` true and ``c`` called positives before the bin.
+
+    Equals ``count - (c - a) * (digamma(c + count + 1) - digamma(c + 1))``; bins with no false positive before
+    (``c == a``) give ``count``.
+    """
+    gap = called_before - true_before
+    harmonic = torch.special.digamma(called_before + count + 1) - torch.special.digamma(called_before + 1)
+    return torch.where(gap > 0, count - gap * harmonic, count)
