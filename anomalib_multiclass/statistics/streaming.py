@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from anomalib_multiclass.statistics.binned import DEFAULT_BINS, DyadicHistogram, canonical_grid
@@ -127,8 +128,10 @@ class StreamingStatistics:
         if keep == 0:
             return
         if maps is not None:
-            maps = maps[:keep].reshape(keep, *maps.shape[-2:]).to(torch.float64)
-        scores = scores.reshape(-1)[:keep].to(torch.float64) if scores is not None else maps.flatten(1).amax(dim=1)
+            maps = maps[:keep].reshape(keep, *maps.shape[-2:])
+            if maps.dtype not in (torch.float32, torch.float64):  # half precision: numpy reads float32
+                maps = maps.float()
+        scores = (scores.reshape(-1)[:keep] if scores is not None else maps.flatten(1).amax(dim=1)).to(torch.float64)
         labels = _tensor(batch, "gt_label")
         masks = _tensor(batch, "gt_mask")
         classes = _tensor(batch, "class_index")
@@ -153,33 +156,24 @@ class StreamingStatistics:
         if normaliser is not None:
             own_classes = classes.reshape(-1)[:keep] if classes is not None else None
             normalised_scores, normalised_maps = normaliser(scores, maps, own_classes)
+        pixels = None if maps is None or masks is None else (maps.numpy(), masks.numpy(), weights)
         for category in dict.fromkeys(categories):
-            index = torch.tensor([i for i, c in enumerate(categories) if c == category])
+            index = [i for i, c in enumerate(categories) if c == category]
             stats = self.categories.get(category)
             if stats is None:
                 stats = self.categories[category] = CategoryStatistics(self.num_bins)
             if classes is not None and stats.class_index is None:
-                stats.class_index = int(classes[index[0]])
-            stats.scores.append(scores[index])
-            stats.labels.append(
-                labels.reshape(-1)[:keep][index].to(torch.int8)
-                if labels is not None
-                else torch.full((len(index),), -1, dtype=torch.int8)
-            )
-            stats.normalised.append(
-                normalised_scores.reshape(-1)[index].to(torch.float64)
-                if normalised_scores is not None
-                else torch.full((len(index),), math.nan, dtype=torch.float64)
-            )
-            if self.keep_paths:
-                stats.paths.extend(paths[i] for i in index.tolist())
+                stats.class_index = int(classes.reshape(-1)[index[0]])
+            self._fold_images(stats, index, scores, labels, normalised_scores, paths)
             if maps is None:
                 continue
-            if masks is None:
+            if pixels is None:
                 stats.images_without_mask += len(index)
                 continue
             stats.images_with_mask += len(index)
-            stats.pixels.add(maps[index], masks[index], weights[index] if weights is not None else None)
+            whole = len(index) == keep  # one category in the batch: no copy
+            parts = [part if whole or part is None else part[index] for part in pixels]
+            stats.pixels.add(*parts)
             if region_counts is not None:
                 stats.regions += int(region_counts[index].sum())
         if normalised_maps is not None and masks is not None:
@@ -187,24 +181,49 @@ class StreamingStatistics:
             if region_counts is not None:
                 self.pooled_regions += int(region_counts.sum())
 
-    def _region_weights(self, masks: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Each defect pixel's ``1 / size of its connected region`` and each image's number of regions."""
+    def _fold_images(
+        self,
+        stats: CategoryStatistics,
+        index: list[int],
+        scores: torch.Tensor,
+        labels: torch.Tensor | None,
+        normalised: torch.Tensor | None,
+        paths: list[str],
+    ) -> None:
+        """The per-image numbers of the batch's images at ``index``."""
+        count = len(index)
+        stats.scores.append(scores[index])
+        stats.labels.append(
+            labels.reshape(-1)[index].to(torch.int8)
+            if labels is not None
+            else torch.full((count,), -1, dtype=torch.int8)
+        )
+        stats.normalised.append(
+            normalised.reshape(-1)[index].to(torch.float64)
+            if normalised is not None
+            else torch.full((count,), math.nan, dtype=torch.float64)
+        )
+        if self.keep_paths:
+            stats.paths.extend(paths[i] for i in index)
+
+    def _region_weights(self, masks: torch.Tensor) -> tuple[np.ndarray | None, torch.Tensor | None]:
+        """Each defect pixel's ``1 / size of its connected region`` and each image's number of regions.
+
+        Regions as anomalib's AUPRO finds them (OpenCV's connected components, 8-connectivity), one image at a time.
+        """
         if not self.regions:
             return None, None
-        from anomalib.utils.cv import connected_components_cpu
+        import cv2
 
-        weights = torch.zeros(masks.shape, dtype=torch.float64)
+        weights = np.zeros(masks.shape, dtype=np.float64)
         counts = torch.zeros(len(masks), dtype=torch.long)
-        defective = masks.flatten(1).any(dim=1).nonzero().flatten()
-        if len(defective) == 0:
-            return weights, counts
-        labels = connected_components_cpu(masks[defective].unsqueeze(1).float()).squeeze(1).long()
-        sizes = torch.bincount(labels.flatten()).to(torch.float64)
-        inverse = torch.where(sizes > 0, 1.0 / sizes.clamp_min(1), torch.zeros_like(sizes))
-        inverse[0] = 0.0  # background
-        weights[defective] = inverse[labels]
-        for row, image in enumerate(defective.tolist()):
-            counts[image] = int(labels[row].unique().gt(0).sum())
+        for image in masks.flatten(1).any(dim=1).nonzero().flatten().tolist():
+            regions, labels = cv2.connectedComponents(masks[image].numpy().astype(np.uint8), connectivity=8)
+            sizes = np.bincount(labels.reshape(-1), minlength=regions).astype(np.float64)
+            inverse = np.divide(1.0, sizes, out=np.zeros_like(sizes), where=sizes > 0)
+            inverse[0] = 0.0  # background
+            weights[image] = inverse[labels]
+            counts[image] = regions - 1
         return weights, counts
 
     # --- across processes -------------------------------------------------------------------------------------
@@ -310,6 +329,8 @@ def _tensor(batch: Any, name: str) -> torch.Tensor | None:
 
 def _check_finite(scores: torch.Tensor, maps: torch.Tensor | None, categories: list[str], paths: list[str]) -> None:
     """Refuse NaN or infinite outputs, naming the image: no metric or threshold means anything on them."""
+    if bool(torch.isfinite(scores).all()) and (maps is None or bool(np.isfinite(maps.numpy()).all())):
+        return
     bad = ~torch.isfinite(scores)
     if maps is not None:
         bad |= ~torch.isfinite(maps).flatten(1).all(dim=1)
