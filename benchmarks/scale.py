@@ -53,8 +53,9 @@ def _rss_kib(field: str) -> int:
 
 def _batches(images: int):
     """Deterministic test batches: per-category offsets and scales, smooth maps, defect regions with masks."""
-    import torch
     from types import SimpleNamespace
+
+    import torch
 
     generator = torch.Generator().manual_seed(0)
     for start in range(0, images, BATCH):
@@ -81,7 +82,9 @@ def _batches(images: int):
             pred_mask=None,
             category=[f"category_{c}" for c in category.tolist()],
             class_index=category,
-            image_path=[f"category_{c}/test/{i:06d}.png" for c, i in zip(category.tolist(), index.tolist())],
+            image_path=[
+                f"category_{c}/test/{i:06d}.png" for c, i in zip(category.tolist(), index.tolist(), strict=True)
+            ],
         )
 
 
@@ -97,6 +100,7 @@ def _evaluator(name: str):
     metrics = list(evaluator.test_metrics)
 
     def update(batch) -> None:
+        batch.anomaly_map = batch.anomaly_map.squeeze(1)  # anomalib's batches hold (B, H, W) maps
         batch.pred_label = batch.pred_score > 0.5
         batch.pred_mask = batch.anomaly_map > 0.5
         for metric in metrics:
@@ -240,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--evaluators", nargs="+", default=list(LIMITS), choices=list(LIMITS))
     parser.add_argument("--measure", nargs=2, metavar=("EVALUATOR", "IMAGES"), help=argparse.SUPPRESS)
     parser.add_argument("--render", action="store_true", help="rewrite markdown and plot from the saved JSON")
+    parser.add_argument("--append", action="store_true", help="add these rows to the saved JSON (same commit)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.measure:
@@ -262,6 +267,13 @@ def main(argv: list[str] | None = None) -> None:
                     tree = gathered if name == "gathered" and gathered is not None else REPOSITORY
                     rows.append(_run(name, images, tree))
                     print(json.dumps(rows[-1]), flush=True)
+        if args.append and json_path.exists():
+            previous = json.loads(json_path.read_text())
+            if previous["commit"] != payload["commit"]:
+                parser.error(f"--append: the saved rows are from commit {previous['commit']}, not {payload['commit']}")
+            new = {(r["evaluator"], r["images"]) for r in rows}
+            rows = [r for r in previous["rows"] if (r["evaluator"], r["images"]) not in new] + rows
+            rows.sort(key=lambda r: (r["images"], list(LIMITS).index(r["evaluator"])))
         payload["rows"] = rows
         json_path.write_text(json.dumps(payload, indent=2))
     (args.output / "scale.md").write_text(render(payload))

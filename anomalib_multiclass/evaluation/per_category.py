@@ -208,7 +208,8 @@ class PerCategoryEvaluator(Evaluator):
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start from empty statistics; the model's post-processor normalises the pooled row."""
         self.reset()
-        self.post_processor = getattr(pl_module, "post_processor", None) or self.post_processor
+        own = getattr(pl_module, "post_processor", None)
+        self.post_processor = own if own is not None else self.post_processor
         self.statistics.sample_limit = real_samples(trainer, "test")
 
     def on_test_batch_end(

@@ -82,6 +82,9 @@ class DyadicHistogram:
         self.start = 0
         self.low = math.inf  # exact smallest and largest value seen
         self.high = -math.inf
+        # negatives, positives and region weights of the values exactly equal to ``low`` (row 0) and ``high``
+        # (row 1): clamped maps tie there, and exact ties are not binning error
+        self.ties = torch.zeros(2, 3, dtype=torch.float64)
 
     @property
     def empty(self) -> bool:
@@ -110,16 +113,38 @@ class DyadicHistogram:
         if array.dtype not in (np.float32, np.float64):
             array = array.astype(np.float32)
         truth = _flat_array(positive).astype(bool, copy=False)
-        self.regrid_to_hold(float(array.min()), float(array.max()))
+        weights = _flat_array(region_weight) if region_weight is not None else None
+        low, high = float(array.min()), float(array.max())
+        self._count_ties(0, array == low, truth, weights, low < self.low, low == self.low)
+        self._count_ties(1, array == high, truth, weights, high > self.high, high == self.high)
+        self.regrid_to_hold(low, high)
         index = self._bin_index(array)
         counts = np.bincount(index + self.num_bins * truth, minlength=2 * self.num_bins)
         assert self.counts is not None
         self.counts[:2] += torch.from_numpy(counts.reshape(2, self.num_bins))
-        if region_weight is not None:
-            weights = _flat_array(region_weight)
+        if weights is not None:
             self.counts[REGION_WEIGHT] += torch.from_numpy(
                 np.bincount(index[truth], weights[truth], minlength=self.num_bins)
             )
+
+    def _count_ties(
+        self,
+        row: int,
+        equal: np.ndarray,
+        truth: np.ndarray,
+        weights: np.ndarray | None,
+        replaces: bool,
+        adds: bool,
+    ) -> None:
+        """Count the batch's values equal to its extreme ``value`` where that is the new (or same) extreme."""
+        if not (replaces or adds):
+            return
+        positives = equal & truth
+        counts = [float(equal.sum() - positives.sum()), float(positives.sum()), 0.0]
+        if weights is not None:
+            counts[REGION_WEIGHT] = float(weights[positives].sum())
+        tied = torch.tensor(counts, dtype=torch.float64)
+        self.ties[row] = tied if replaces else self.ties[row] + tied
 
     def _bin_index(self, array: np.ndarray) -> np.ndarray:
         index = (np.floor(array * 2.0**-self.exponent) - self.start).astype(np.intp)
@@ -191,20 +216,34 @@ class DyadicHistogram:
                 raise ValueError(msg)
             copy.regrid(exponent, start)
             result.counts += copy.counts
+            result.ties[0] += part.ties[0] if part.low == low else 0.0
+            result.ties[1] += part.ties[1] if part.high == high else 0.0
         return result
 
     def summary(self, regions: int = 0) -> CurveSummary:
         """The pixel metrics of the counts, each with its error bound."""
         assert self.counts is not None, "no values"
-        counts = self.counts.numpy()
-        return CurveSummary(counts[NEGATIVE], counts[POSITIVE], counts[REGION_WEIGHT], regions, self)
+        counts = self.counts.numpy().copy()
+        ties = self.ties.numpy()
+        low_tie = ties[0]
+        high_tie = ties[1] if self.high > self.low else np.zeros(3)  # one value: one tie
+        counts[:, 0] -= low_tie  # the values equal to low sit in bin 0, those equal to high in the last filled bin
+        counts[:, math.floor(self.high * 2.0**-self.exponent) - self.start] -= high_tie
+        counts = np.maximum(counts, 0.0)  # float sums of region weights: no negative rounding residue
+        entries = np.concatenate([low_tie[:, None], counts, high_tie[:, None]], axis=1)
+        exact = np.zeros(entries.shape[1], dtype=bool)
+        exact[[0, -1]] = True
+        edges = np.concatenate([[self.low], (np.arange(self.num_bins) + self.start) * self.width, [self.high]])
+        return CurveSummary(entries[NEGATIVE], entries[POSITIVE], entries[REGION_WEIGHT], regions, self, exact, edges)
 
 
 @dataclass
 class CurveSummary:
     """Pixel AUROC, AP, F1-max, AUPRO and the F1-optimal threshold from binned counts, with error bounds.
 
-    numpy, one thread: a few passes over ``num_bins`` numbers each.
+    The entries, in ascending score order, are the values tied at the smallest score, the bins, and the values
+    tied at the largest score; ``exact`` marks the tie entries (one value each: no order hidden inside), ``edges``
+    each entry's smallest value. numpy, one thread: a few passes over ``num_bins`` numbers each.
     """
 
     negatives: np.ndarray
@@ -212,6 +251,8 @@ class CurveSummary:
     region_weights: np.ndarray
     regions: int
     histogram: DyadicHistogram
+    exact: np.ndarray
+    edges: np.ndarray
 
     @property
     def num_positive(self) -> float:
@@ -224,7 +265,7 @@ class CurveSummary:
         return float(self.negatives.sum())
 
     def _above(self) -> tuple[np.ndarray, np.ndarray]:
-        """True and false positives when bin ``b`` and every bin above it are called anomalous."""
+        """True and false positives when entry ``b`` and every entry above it are called anomalous."""
         return np.cumsum(self.positives[::-1])[::-1], np.cumsum(self.negatives[::-1])[::-1]
 
     def auroc(self) -> tuple[float, float]:
@@ -232,30 +273,32 @@ class CurveSummary:
         pairs = self.num_positive * self.num_negative
         below = np.cumsum(self.negatives) - self.negatives
         value = float(np.dot(self.positives, below + self.negatives / 2)) / pairs
-        return value, float(np.dot(self.positives, self.negatives)) / (2 * pairs)
+        hidden = np.where(self.exact, 0.0, self.positives * self.negatives)
+        return value, float(hidden.sum()) / (2 * pairs)
 
     def average_precision(self) -> tuple[float, float]:
         """Step-wise AP with each bin one threshold (sklearn's ties), and the width of its exact interval."""
         filled = (self.positives + self.negatives) > 0
         positives, negatives = self.positives[filled][::-1], self.negatives[filled][::-1]  # descending scores
+        exact = self.exact[filled][::-1]
         tp, fp = np.cumsum(positives), np.cumsum(negatives)
         total = self.num_positive
-        value = float(np.dot(positives, tp / (tp + fp))) / total
+        step = positives * tp / (tp + fp)
+        value = float(step.sum()) / total
         before_tp, before_called = tp - positives, tp + fp - positives - negatives
         best = _sum_of_precisions(before_tp, before_called, positives)  # the bin's positives first
         worst = _sum_of_precisions(before_tp, before_called + negatives, positives)  # its negatives first
-        return value, float((best - worst).sum()) / total
+        return value, float(np.where(exact, 0.0, best - worst).sum()) / total
 
     def f1_max(self) -> tuple[float, float, float]:
-        """(F1-max at the bin edges, its bound, the F1-optimal threshold: the lower edge of the best bin)."""
+        """(F1-max at the bin edges, its bound, the F1-optimal threshold: the smallest value of the best entry)."""
         tp, fp = self._above()
         total = self.num_positive
         f1 = 2 * tp / (tp + fp + total)
         best = int(np.argmax(f1))
         next_fp = np.append(fp[1:], 0.0)
-        upper = float((2 * tp / (tp + next_fp + total)).max())
-        threshold = max((self.histogram.start + best) * self.histogram.width, self.histogram.low)
-        return float(f1[best]), upper - float(f1[best]), threshold
+        inside = np.where(self.exact, f1, 2 * tp / (tp + next_fp + total))  # the best F1 within each entry
+        return float(f1[best]), float(inside.max()) - float(f1[best]), max(float(self.edges[best]), self.histogram.low)
 
     def f1_threshold(self) -> float:
         """The F1-adaptive threshold on the binned pixels (anomalib's fallbacks without one of the classes)."""
@@ -282,7 +325,8 @@ class CurveSummary:
             return 0.0, 0.0
         d_fpr, d_pro = np.diff(fpr), np.diff(pro)
         area = float(np.dot(d_fpr, (pro[1:] + pro[:-1]) / 2))
-        return area / end, float(np.dot(d_fpr, d_pro)) / 2 / end
+        hidden = ~np.append(self.exact[::-1], False)[: d_fpr.size]  # segment k crosses entry k from the top
+        return area / end, float(np.dot(d_fpr * hidden, d_pro)) / 2 / end
 
 
 def _flat_array(values: torch.Tensor | np.ndarray) -> np.ndarray:

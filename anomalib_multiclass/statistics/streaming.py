@@ -314,12 +314,16 @@ def _sum_histograms(histograms: list[DyadicHistogram]) -> None:
             histogram.exponent, histogram.start = exponent, start
         else:
             histogram.regrid(exponent, start)
+        # ties at the global extremes only: a process whose own smallest value is larger holds none of them
+        histogram.ties[0] *= float(histogram.low == low)
+        histogram.ties[1] *= float(histogram.high == -negative_high)
         histogram.low, histogram.high = low, -negative_high
         filled.append(histogram)
     if filled:
         summed = distributed.all_reduce(torch.stack([h.counts for h in filled]), "sum")
-        for histogram, counts in zip(filled, summed, strict=True):
-            histogram.counts = counts.clone()
+        ties = distributed.all_reduce(torch.stack([h.ties for h in filled]), "sum")
+        for histogram, counts, tied in zip(filled, summed, ties, strict=True):
+            histogram.counts, histogram.ties = counts.clone(), tied.clone()
 
 
 def _tensor(batch: Any, name: str) -> torch.Tensor | None:

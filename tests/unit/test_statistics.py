@@ -293,3 +293,23 @@ def test_processes_sum_their_statistics_into_the_one_process_table(world, tmp_pa
         for row, values in alone.items():
             for name, value in values.items():
                 assert ranked["results"][row][name] == pytest.approx(value, abs=1e-12), (world, rank, row, name)
+
+
+def test_values_clamped_to_the_ends_are_exact_ties_not_binning_error():
+    """Normalised maps are clamped to [0, 1]: the many pixels at exactly 0 or 1 tie, as the references count them."""
+    generator = torch.Generator().manual_seed(5)
+    masks = torch.rand(16, 32, 32, generator=generator) > 0.9
+    maps = (torch.rand(16, 32, 32, generator=generator) * 1.6 - 0.5 + 0.4 * masks).clamp(0, 1)
+    assert float((maps == 0).float().mean()) > 0.2
+    assert float((maps == 1).float().mean()) > 0.05
+    histogram = DyadicHistogram()
+    for part in range(0, 16, 4):
+        histogram.add(maps[part : part + 4], masks[part : part + 4])
+    summary = histogram.summary()
+    truth, pixels = masks.flatten().numpy(), maps.flatten().double().numpy()
+    auroc, auroc_bound = summary.auroc()
+    ap, ap_bound = summary.average_precision()
+    assert auroc == pytest.approx(roc_auc_score(truth, pixels), abs=max(auroc_bound, 1e-9))
+    assert ap == pytest.approx(average_precision_score(truth, pixels), abs=max(ap_bound, 1e-9))
+    assert auroc_bound < 1e-4
+    assert ap_bound < 1e-4
