@@ -42,6 +42,7 @@ from anomalib_multiclass.evaluation.protocol import (
     undefined_reason,
 )
 from anomalib_multiclass.evaluation.table import ALL_CATEGORY, dataset_of, format_report, is_summary_row, write_results
+from anomalib_multiclass.report import report_after_test
 from anomalib_multiclass.utils.console import show
 from anomalib_multiclass.utils.distributed import broadcast, gather_records
 
@@ -214,6 +215,7 @@ class PerCategoryEvaluator(Evaluator):
         show(f"\n{format_report(self.results, names, self.notes)}\n")
         if directory is not None:
             self.write(directory)
+            report_after_test(directory)  # report.html; a failure only warns (pictures are saved at batch end)
 
     def _directory(self, trainer: Trainer) -> Path | None:
         if self.output_dir is not None:

@@ -11,6 +11,7 @@ LAYERS = {
     "category_map": 0,
     "utils": 0,
     "data": 1,
+    "report": 1,  # the evaluator (2) calls it after each test; it reads files only
     "evaluation": 2,
     "post_processing": 2,
     "visualization": 2,
