@@ -229,8 +229,9 @@ def build_report(
             f'<p class="missing">No {PER_IMAGE_SCORES} in the run folder: score plots, counts and worst cases '
             "need it (the evaluator writes it after each test).</p>"
         )
-    model = dict(info).get("model", "").rsplit(".", 1)[-1]
-    title = f"{model or 'Run'} report: {run_dir.name}"
+    described = dict(info)
+    model, data = (described.get(k, "").rsplit(".", 1)[-1] for k in ("model", "data"))
+    title = f"{model} on {data}: {len(order)} categories" if model and data else f"Run report: {run_dir.name}"
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     nav = " ".join(f'<a href="#{_anchor(c, order)}">{escape(c)}</a>' for c in order if c in groups)
     page = (

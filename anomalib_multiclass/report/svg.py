@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from html import escape
 
 WIDTH, HEIGHT = 360, 220
-LEFT, RIGHT, TOP, BOTTOM = 46, 12, 22, 36
+LEFT, RIGHT, TOP, BOTTOM = 46, 12, 34, 36
 NORMAL_COLOUR, DEFECTIVE_COLOUR, THRESHOLD_COLOUR = "#2b7bba", "#d9480f", "#222"
 
 
@@ -74,19 +74,21 @@ def histogram_svg(normal: Sequence[float], defective: Sequence[float], threshold
                     f'<rect class="{name}" x="{x0:.1f}" y="{y0:.1f}" width="{max(x1 - x0, 0.5):.1f}" '
                     f'height="{HEIGHT - BOTTOM - y0:.1f}" fill="{colour}" fill-opacity="0.45" stroke="{colour}"/>'
                 )
+    legend = (  # one line between the title and the plot: never over the bars
+        f'<text x="{LEFT}" y="28" fill="{NORMAL_COLOUR}">normal ({len(normal)})</text>'
+        f'<text x="{LEFT + 80}" y="28" fill="{DEFECTIVE_COLOUR}">defective ({len(defective)})</text>'
+    )
     if threshold is not None:
         x = _x(threshold, low, high)
         body.append(
             f'<line class="threshold" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" '
             f'stroke="{THRESHOLD_COLOUR}" stroke-width="2" stroke-dasharray="5 3"/>'
-            f'<text x="{x + 3:.1f}" y="{TOP + 11}" class="label">threshold {_short(threshold)}</text>'
         )
-    legend = (
-        f'<text x="{WIDTH - RIGHT - 4}" y="{TOP + 24}" text-anchor="end" fill="{NORMAL_COLOUR}">'
-        f"normal ({len(normal)})</text>"
-        f'<text x="{WIDTH - RIGHT - 4}" y="{TOP + 37}" text-anchor="end" fill="{DEFECTIVE_COLOUR}">'
-        f"defective ({len(defective)})</text>"
-    )
+        legend += (
+            f'<line x1="{WIDTH - RIGHT - 110}" x2="{WIDTH - RIGHT - 92}" y1="25" y2="25" stroke="{THRESHOLD_COLOUR}" '
+            f'stroke-width="2" stroke-dasharray="5 3"/><text x="{WIDTH - RIGHT}" y="28" text-anchor="end">'
+            f"threshold {_short(threshold)}</text>"
+        )
     return _frame(
         "Image scores", "raw anomaly score", "share of images", "".join(body) + legend, _ticks((low, high), (0, top))
     )

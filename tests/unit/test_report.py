@@ -68,6 +68,11 @@ def _picture(run: Path, category: str, image_path: str) -> None:
 
 @pytest.fixture
 def run_dir(tmp_path) -> Path:
+    """A finished run (see :func:`make_run_folder`)."""
+    return make_run_folder(tmp_path)
+
+
+def make_run_folder(tmp_path: Path) -> Path:
     """A finished run: table, per-image scores, pictures (one missing), config and run info."""
     run = tmp_path / "results" / "OmniAD" / "MultiClassFolder" / "all" / "v0"
     results = {
