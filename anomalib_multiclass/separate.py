@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,9 +111,6 @@ def _separate_report(directory: Path, run_dirs: dict[str, Path]) -> Path | None:
         write_per_image_scores(directory / PER_IMAGE_SCORES, rows)
     relative = {c: os.path.relpath(d.resolve(), directory.resolve()) for c, d in run_dirs.items()}
     (directory / CATEGORY_RUNS).write_text(json.dumps(relative, indent=2))
-    first = next(iter(run_dirs.values()), None)
-    if first is not None and (first / "config.yaml").is_file() and not (directory / "config.yaml").exists():
-        shutil.copyfile(first / "config.yaml", directory / "config.yaml")  # model, data, epochs, seed of the runs
     return report_after_test(directory)
 
 

@@ -149,8 +149,8 @@ def _case(row: ImageScore, group: CategoryScores, pictures: Path, report_dir: Pa
         link = _link(picture, report_dir)
         body = f'<a href="{link}"><img src="{link}" alt="{escape(picture.name)}"></a>'
     else:
-        shown = os.path.relpath(picture, report_dir) if picture.is_absolute() == report_dir.is_absolute() else picture
-        body = f'<div class="missing">picture not found: {escape(str(shown))}</div>'
+        shown = Path(os.path.relpath(picture.resolve(), report_dir.resolve())).as_posix()
+        body = f'<div class="missing">picture not found: {escape(shown)}</div>'
     return f"<figure>{body}<figcaption>{caption}</figcaption></figure>"
 
 
@@ -194,12 +194,12 @@ def category_section(group: CategoryScores, anchor: str, pictures: Path, report_
     )
 
 
-def _picture_dirs(run_dir: Path) -> dict[str, Path]:
-    """Per category, the folder its pictures are in when they are in another run folder (separate mode)."""
+def _category_runs(run_dir: Path) -> dict[str, Path]:
+    """Separate mode: each category's own run folder (its pictures and its config), else nothing."""
     path = run_dir / CATEGORY_RUNS
     if not path.is_file():
         return {}
-    return {category: run_dir / folder / "images" for category, folder in json.loads(path.read_text()).items()}
+    return {category: run_dir / folder for category, folder in json.loads(path.read_text()).items()}
 
 
 def build_report(
@@ -216,11 +216,15 @@ def build_report(
     groups = by_category(read_per_image_scores(scores_path)) if scores_path.is_file() else {}
     table_order = [r for r in metrics if not _is_summary_row(r)]
     order = table_order + [c for c in groups if c not in table_order]
+    runs = _category_runs(run_dir)
+    if config_dir is None and runs and not (run_dir / "config.yaml").is_file():
+        config_dir = next(iter(runs.values()))  # separate mode: the runs share every setting but the category
     info = describe_run(run_dir, Path(config_dir) if config_dir is not None else None)
+    if runs:
+        info = [(k, f"one model per category: {', '.join(runs)}" if k == "categories" else v) for k, v in info]
     info_rows = "".join(f"<tr><th>{escape(k)}</th><td><code>{escape(v)}</code></td></tr>" for k, v in info)
-    pictures = _picture_dirs(run_dir)
     sections = [
-        category_section(groups[c], _anchor(c, order), pictures.get(c, run_dir / "images"), run_dir, pictures_per_case)
+        category_section(groups[c], _anchor(c, order), runs.get(c, run_dir) / "images", run_dir, pictures_per_case)
         for c in order
         if c in groups
     ]

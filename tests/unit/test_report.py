@@ -273,6 +273,7 @@ def test_the_separate_report_links_each_category_s_own_run(tmp_path):
     assert all(s.startswith("../") for s in sources)
     assert all((separate / s).resolve().is_file() for s in sources)
     assert "anomalib.models.Padim" in " ".join(page.text)
+    assert "one model per category: brick, grass" in " ".join(page.text)
     assert len(read_per_image_scores(separate / "per_image_scores.csv")) == 8
 
 
