@@ -65,6 +65,9 @@ def _after_import(name: str) -> None:
         from anomalib_multiclass.evaluation.default import install_per_category_default
 
         install_per_category_default(sys.modules[name].AnomalibModule)
+        from anomalib_multiclass.visualization import install_category_pictures
+
+        install_category_pictures(sys.modules[name].AnomalibModule)
     try:
         companion = importlib.import_module(_COMPANIONS[name])
     except Exception as error:

@@ -14,19 +14,14 @@ from typing import Any
 from anomalib.visualization import ImageVisualizer
 from anomalib.visualization.image.item_visualizer import visualize_image_item
 
+from anomalib_multiclass.utils.paths import category_picture_path
+
 
 def category_output_path(image_path: str, category: str | None, output_dir: Path) -> Path:
-    """``output_dir/<category>/<path below the category's folder>`` (parent folder name if not found)."""
-    path = Path(image_path)
-    leaf = (category or "").split("/")[-1]
-    parts = path.parts
-    below = (path.parent.name,)
-    if leaf and leaf in parts[:-1]:
-        index = len(parts) - 2 - parts[:-1][::-1].index(leaf)
-        below = parts[index + 1 : -1]
-    folder = output_dir.joinpath(*(category.split("/") if category else []), *below)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / path.name
+    """``output_dir/<category>/<path below the category's folder>`` (parent folder name if not found), folder made."""
+    path = category_picture_path(image_path, category, output_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 class MultiClassImageVisualizer(ImageVisualizer):
@@ -63,3 +58,37 @@ class MultiClassImageVisualizer(ImageVisualizer):
         """Save one picture per predicted image."""
         del pl_module, args, kwargs
         self._save(trainer, outputs if outputs is not None else batch)
+
+
+_PATCHED = "_anomalib_multiclass_category_pictures"
+
+
+def use_category_folders(model: Any) -> bool:
+    """Give anomalib's own ``ImageVisualizer`` of ``model`` our picture names if its data has categories.
+
+    anomalib names a picture by its parent folder, so on a multi-category datamodule ``brick/test/good/000.png`` and
+    ``grass/test/good/000.png`` overwrite each other in ``images/good/``, and the report would show another
+    category's picture. Only an exact ``ImageVisualizer`` is changed (its settings kept); True if changed.
+    """
+    trainer = getattr(model, "_trainer", None)
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    visualizer = getattr(model, "visualizer", None)
+    if getattr(datamodule, "category_names", None) is None or type(visualizer) is not ImageVisualizer:
+        return False
+    visualizer.__class__ = MultiClassImageVisualizer  # a subclass with no state of its own: only the file names differ
+    return True
+
+
+def install_category_pictures(module_class: type) -> None:
+    """Patch anomalib's ``AnomalibModule.configure_callbacks`` to apply :func:`use_category_folders` (once)."""
+    if getattr(module_class, _PATCHED, False):
+        return
+    configure_callbacks = module_class.configure_callbacks
+
+    def configure_callbacks_with_category_pictures(self: Any) -> Any:
+        use_category_folders(self)
+        return configure_callbacks(self)
+
+    configure_callbacks_with_category_pictures.__doc__ = configure_callbacks.__doc__
+    module_class.configure_callbacks = configure_callbacks_with_category_pictures
+    setattr(module_class, _PATCHED, True)

@@ -43,14 +43,13 @@ from anomalib_multiclass.evaluation.protocol import (
 )
 from anomalib_multiclass.evaluation.table import (
     ALL_CATEGORY,
-    category_thresholds,
     dataset_of,
     format_report,
     is_summary_row,
-    normalised_threshold,
-    write_per_image_scores,
+    per_image_rows,
     write_results,
 )
+from anomalib_multiclass.report import PER_IMAGE_SCORES, report_after_test, write_per_image_scores
 from anomalib_multiclass.statistics import DEFAULT_BINS, StreamingStatistics
 from anomalib_multiclass.statistics.shared import batch_key, validation_statistics
 from anomalib_multiclass.utils.console import show
@@ -244,6 +243,7 @@ class PerCategoryEvaluator(Evaluator):
         show(f"\n{format_report(self.results, names, self.notes)}\n")
         if directory is not None:
             self.write(directory)
+            report_after_test(directory)  # report.html; a failure only warns (pictures are saved at batch end)
 
     def _directory(self, trainer: Trainer) -> Path | None:
         if self.output_dir is not None:
@@ -261,7 +261,5 @@ class PerCategoryEvaluator(Evaluator):
         """
         directory = Path(directory)
         paths = write_results(directory, self.results, self.metric_names, self.notes, self.counted, self.table.bounds)
-        thresholds = category_thresholds(self.statistics, self.post_processor)
-        normalised = normalised_threshold(self.post_processor)
-        write_per_image_scores(directory / "per_image_scores.csv", self.statistics, thresholds, normalised)
+        write_per_image_scores(directory / PER_IMAGE_SCORES, per_image_rows(self.statistics, self.post_processor))
         return paths

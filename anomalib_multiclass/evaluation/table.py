@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from anomalib_multiclass.report.scores import ImageScore
 from anomalib_multiclass.statistics import StreamingStatistics
 
 logger = logging.getLogger(__name__)
@@ -104,9 +105,6 @@ def write_results(
     return csv_path, json_path
 
 
-PER_IMAGE_COLUMNS = ("category", "image_path", "label", "score", "normalized_score", "pred_label", "threshold")
-
-
 def category_thresholds(statistics: StreamingStatistics, post_processor: Any) -> dict[str, float]:
     """The raw image threshold each category's images are decided with.
 
@@ -123,41 +121,29 @@ def category_thresholds(statistics: StreamingStatistics, post_processor: Any) ->
     return thresholds
 
 
-def normalised_threshold(post_processor: Any) -> float | None:
-    """The post-processor's threshold on normalised scores (``None`` without one)."""
-    value = getattr(post_processor, "normalized_image_threshold", None)
-    return float(value) if isinstance(value, torch.Tensor) else None
-
-
-def write_per_image_scores(
-    path: Path, statistics: StreamingStatistics, thresholds: dict[str, float], normalised: float | None = None
-) -> Path:
-    """One row per test image: ``category,image_path,label,score,normalized_score,pred_label,threshold``.
+def per_image_rows(statistics: StreamingStatistics, post_processor: Any = None) -> list[ImageScore]:
+    """One row per test image for ``per_image_scores.csv`` (the HTML report reads it).
 
     ``score`` is raw, ``normalized_score`` the post-processor's, ``pred_label`` its decision (normalised score above
-    the ``normalised`` threshold, else raw score above ``threshold``), ``threshold`` the category's raw threshold
-    (:func:`category_thresholds`); empty cells where a value does not exist.
+    its normalised threshold, else raw score above ``threshold``), ``threshold`` the category's raw threshold.
     """
-
-    def cell(value: float) -> str:
-        return "" if math.isnan(value) else repr(value)
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(PER_IMAGE_COLUMNS)
-        for category, stats in statistics:
-            values = stats.image_values()
-            labels = torch.cat(stats.labels).tolist() if stats.labels else []
-            threshold = thresholds.get(category, math.nan)
-            paths = stats.paths or [""] * len(labels)
-            for image, label, score, own in zip(
-                paths, labels, values["pred_score"].tolist(), values["normalised_score"].tolist(), strict=True
-            ):
-                if not math.isnan(own) and normalised is not None:
-                    decision = str(int(own > normalised))
-                else:
-                    decision = "" if math.isnan(threshold) else str(int(score > threshold))
-                row = [category, image, "" if label < 0 else label, repr(score), cell(own), decision]
-                writer.writerow([*row, cell(threshold)])
-    return path
+    thresholds = category_thresholds(statistics, post_processor)
+    normalised_threshold = getattr(post_processor, "normalized_image_threshold", None)
+    normalised_threshold = float(normalised_threshold) if isinstance(normalised_threshold, torch.Tensor) else None
+    rows = []
+    for category, stats in statistics:
+        values = stats.image_values()
+        labels = torch.cat(stats.labels).tolist() if stats.labels else []
+        threshold = thresholds[category]
+        paths = stats.paths or [""] * len(labels)
+        for image, label, score, normalised in zip(
+            paths, labels, values["pred_score"].tolist(), values["normalised_score"].tolist(), strict=True
+        ):
+            if not math.isnan(normalised) and normalised_threshold is not None:
+                decision: int | None = int(normalised > normalised_threshold)
+            else:
+                decision = None if math.isnan(threshold) else int(score > threshold)
+            known = None if math.isnan(normalised) else normalised
+            applied = None if math.isnan(threshold) else threshold
+            rows.append(ImageScore(category, image, None if label < 0 else label, score, known, decision, applied))
+    return rows

@@ -27,6 +27,9 @@ def test_padim_on_a_multi_category_datamodule_reports_the_per_category_table(syn
     (csv_path,) = tmp_path.rglob("per_category_metrics.csv")
     rows = [line.split(",")[0] for line in csv_path.read_text().splitlines()]
     assert rows == ["category", "brick", "coffee", "grass", "mean", "pooled"]
+    assert (csv_path.parent / "report.html").is_file()
+    for category in ("brick", "coffee", "grass"):  # anomalib's visualizer, one folder per category on our data
+        assert (csv_path.parent / "images" / category / "test" / "good").is_dir()
 
 
 @pytest.mark.slow
@@ -71,3 +74,9 @@ def test_separate_mode_writes_one_row_per_category(synthetic_root, tmp_path):
         if p.parent.name != "separate"
     )
     assert per_category_runs == ["brick", "coffee", "grass"]  # one model, one run per category
+    separate = json_path.parent
+    assert (separate / "report.html").is_file()
+    runs = json.loads((separate / "category_runs.json").read_text())
+    assert list(runs) == ["brick", "coffee", "grass"]
+    for category, folder in runs.items():
+        assert (separate / folder / "images" / category).is_dir()

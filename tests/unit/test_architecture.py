@@ -12,6 +12,7 @@ LAYERS = {
     "utils": 0,
     "data": 1,
     "statistics": 1,
+    "report": 1,  # the evaluator (2) calls it after each test; it reads files only
     "evaluation": 2,
     "post_processing": 2,
     "visualization": 2,
