@@ -94,7 +94,7 @@ def metrics_table(metrics: Mapping[str, Mapping]) -> str:
     """The per-category table (categories sortable, summary rows below), its notes and caption."""
     if not metrics:
         return f'<p class="missing">No {METRICS_JSON} in the run folder: the test has not written its table.</p>'
-    names = [k for k in next(iter(metrics.values())) if k not in {"note", "n_categories"}]
+    names = [k for k in next(iter(metrics.values())) if k not in {"note", "n_categories", "error_bound"}]
     header = "".join(f"<th>{escape(n)}</th>" for n in ["category", *names])
     bodies: dict[bool, list[str]] = {False: [], True: []}
     for row, values in metrics.items():
