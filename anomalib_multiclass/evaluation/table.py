@@ -133,7 +133,7 @@ def per_image_rows(statistics: StreamingStatistics, post_processor: Any = None) 
     rows = []
     for category, stats in statistics:
         values = stats.image_values()
-        labels = torch.cat(stats.labels).tolist() if stats.labels else []
+        labels = stats.labels
         threshold = thresholds[category]
         paths = stats.paths or [""] * len(labels)
         for image, label, score, normalised in zip(

@@ -119,12 +119,13 @@ class DyadicHistogram:
         self._count_ties(1, array == high, truth, weights, high > self.high, high == self.high)
         self.regrid_to_hold(low, high)
         index = self._bin_index(array)
-        counts = np.bincount(index + self.num_bins * truth, minlength=2 * self.num_bins)
+        index[truth] += self.num_bins  # positives count in the second half: one bincount for both
+        counts = np.bincount(index, minlength=2 * self.num_bins)
         assert self.counts is not None
         self.counts[:2] += torch.from_numpy(counts.reshape(2, self.num_bins))
         if weights is not None:
             self.counts[REGION_WEIGHT] += torch.from_numpy(
-                np.bincount(index[truth], weights[truth], minlength=self.num_bins)
+                np.bincount(index[truth] - self.num_bins, weights[truth], minlength=self.num_bins)
             )
 
     def _count_ties(
@@ -147,7 +148,12 @@ class DyadicHistogram:
         self.ties[row] = tied if replaces else self.ties[row] + tied
 
     def _bin_index(self, array: np.ndarray) -> np.ndarray:
-        index = (np.floor(array * 2.0**-self.exponent) - self.start).astype(np.intp)
+        """Each value's bin (in place on one temporary: large batches allocate little)."""
+        scaled = np.multiply(array, 2.0**-self.exponent, dtype=array.dtype)
+        np.floor(scaled, out=scaled)
+        scaled -= self.start
+        index = scaled.astype(np.intp)
+        del scaled
         if index.min() < 0 or index.max() >= self.num_bins:  # float32 underflow of a subnormal: redo in float64
             index = (np.floor(array.astype(np.float64) * 2.0**-self.exponent) - self.start).astype(np.intp)
         return index

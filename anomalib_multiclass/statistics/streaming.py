@@ -41,9 +41,11 @@ class CategoryStatistics:
 
     num_bins: int = DEFAULT_BINS
     class_index: int | None = None
-    scores: list[torch.Tensor] = field(default_factory=list)  # float64 raw scores, one per image
-    labels: list[torch.Tensor] = field(default_factory=list)  # int8: 0, 1, or -1 (unknown)
-    normalised: list[torch.Tensor] = field(default_factory=list)  # float64, NaN without a normaliser
+    # one entry per image, as Python numbers: small objects live in Python's own arenas, not between the large
+    # per-batch temporaries on the C heap (tiny tensors there pin freed pages, and RSS grows with every batch)
+    scores: list[float] = field(default_factory=list)  # raw scores
+    labels: list[int] = field(default_factory=list)  # 0, 1, or -1 (unknown)
+    normalised: list[float] = field(default_factory=list)  # NaN without a normaliser
     paths: list[str] = field(default_factory=list)
     pixels: DyadicHistogram = field(init=False)
     regions: int = 0
@@ -54,29 +56,19 @@ class CategoryStatistics:
         self.pixels = DyadicHistogram(self.num_bins)
 
     def image_values(self) -> dict[str, torch.Tensor]:
-        """``pred_score``, ``gt_label`` (where every image has one) and ``normalised_score``, concatenated."""
+        """``pred_score``, ``gt_label`` (where every image has one) and ``normalised_score`` as tensors."""
         values = {
-            "pred_score": _cat(self.scores, torch.float64),
-            "normalised_score": _cat(self.normalised, torch.float64),
+            "pred_score": torch.tensor(self.scores, dtype=torch.float64),
+            "normalised_score": torch.tensor(self.normalised, dtype=torch.float64),
         }
-        labels = _cat(self.labels, torch.int8)
-        if labels.numel() and bool((labels >= 0).all()):
-            values["gt_label"] = labels.long()
+        if self.labels and min(self.labels) >= 0:
+            values["gt_label"] = torch.tensor(self.labels, dtype=torch.long)
         return values
 
     @property
     def num_images(self) -> int:
         """Images folded in."""
-        return sum(len(s) for s in self.scores)
-
-    def compact(self) -> None:
-        """One tensor per field instead of one per batch (cheaper to keep and to reduce)."""
-        for name, dtype in (("scores", torch.float64), ("labels", torch.int8), ("normalised", torch.float64)):
-            setattr(self, name, [_cat(getattr(self, name), dtype)])
-
-
-def _cat(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    return torch.cat(parts).to(dtype) if parts else torch.zeros(0, dtype=dtype)
+        return len(self.scores)
 
 
 class StreamingStatistics:
@@ -191,17 +183,10 @@ class StreamingStatistics:
         paths: list[str],
     ) -> None:
         """The per-image numbers of the batch's images at ``index``."""
-        count = len(index)
-        stats.scores.append(scores[index])
-        stats.labels.append(
-            labels.reshape(-1)[index].to(torch.int8)
-            if labels is not None
-            else torch.full((count,), -1, dtype=torch.int8)
-        )
-        stats.normalised.append(
-            normalised.reshape(-1)[index].to(torch.float64)
-            if normalised is not None
-            else torch.full((count,), math.nan, dtype=torch.float64)
+        stats.scores.extend(scores[index].tolist())
+        stats.labels.extend(labels.reshape(-1)[index].tolist() if labels is not None else [-1] * len(index))
+        stats.normalised.extend(
+            normalised.reshape(-1)[index].double().tolist() if normalised is not None else [math.nan] * len(index)
         )
         if self.keep_paths:
             stats.paths.extend(paths[i] for i in index)
@@ -215,7 +200,7 @@ class StreamingStatistics:
             return None, None
         import cv2
 
-        weights = np.zeros(masks.shape, dtype=np.float64)
+        weights = np.zeros(masks.shape, dtype=np.float32)  # summed into float64 bins
         counts = torch.zeros(len(masks), dtype=torch.long)
         for image in masks.flatten(1).any(dim=1).nonzero().flatten().tolist():
             regions, labels = cv2.connectedComponents(masks[image].numpy().astype(np.uint8), connectivity=8)
@@ -232,8 +217,6 @@ class StreamingStatistics:
         if self.reduced:
             return self
         self.reduced = True
-        for stats in self.categories.values():
-            stats.compact()
         if not distributed.distributed():
             for stats in self.categories.values():
                 stats.pixels.canonical()
@@ -265,17 +248,17 @@ class StreamingStatistics:
         rows = []
         for code, name in enumerate(names):
             stats = self.categories[name]
-            values = [stats.scores[0], stats.labels[0].to(torch.float64), stats.normalised[0]]
-            rows.append(torch.stack([torch.full_like(values[0], code), *values], dim=1))
+            values = [stats.scores, stats.labels, stats.normalised]
+            rows.append(torch.tensor([[code] * len(stats.scores), *values], dtype=torch.float64).T.reshape(-1, 4))
         gathered = distributed.all_gather_rows(torch.cat(rows))
         paths = distributed.all_gather_objects([p for n in names for p in self.categories[n].paths])
         flat_paths = [p for part in paths for p in part]
         for code, name in enumerate(names):
             stats = self.categories[name]
             own = gathered[:, 0] == code
-            stats.scores, stats.labels, stats.normalised = (
-                [gathered[own, 1]], [gathered[own, 2].to(torch.int8)], [gathered[own, 3]],
-            )  # fmt: skip
+            stats.scores = gathered[own, 1].tolist()
+            stats.labels = gathered[own, 2].long().tolist()
+            stats.normalised = gathered[own, 3].tolist()
             if self.keep_paths:
                 stats.paths = [flat_paths[i] for i in own.nonzero().flatten().tolist()]
 
@@ -296,7 +279,7 @@ class StreamingStatistics:
         total = 0 if self.pooled.counts is None else self.pooled.counts.nbytes
         for stats in self.categories.values():
             total += 0 if stats.pixels.counts is None else stats.pixels.counts.nbytes
-            total += sum(t.nbytes for part in (stats.scores, stats.labels, stats.normalised) for t in part)
+            total += 8 * 3 * stats.num_images
         return total
 
 
