@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -107,65 +107,36 @@ class StreamingStatistics:
     def update(self, batch: Any, normaliser: Normaliser | None = None) -> None:
         """Fold in one batch's raw ``pred_score``/``gt_label``/``anomaly_map``/``gt_mask``, categories and classes.
 
-        A batch without ``category`` is one category, ``all`` (one per ``class_index`` where it has those);
-        without ``pred_score`` the score is the map's
-        maximum, as anomalib's post-processor takes it. ``normaliser(scores, maps, classes)`` gives the normalised
-        scores and maps the ``pooled`` row is computed on.
+        A batch without ``category`` is one category, ``all`` (one per ``class_index`` where it has those); without
+        ``pred_score`` the score is the map's maximum, as anomalib's post-processor takes it.
+        ``normaliser(scores, maps, classes)`` gives the normalised scores and maps the ``pooled`` row is computed on.
         """
-        maps = _tensor(batch, "anomaly_map")
-        scores = _tensor(batch, "pred_score")
-        size = len(scores) if scores is not None else len(maps) if maps is not None else 0
-        keep = size if self.sample_limit is None else max(0, min(size, self.sample_limit - self.seen))
-        self.seen += size
-        if keep == 0:
+        read = _read_batch(batch, self.sample_limit, self.seen)
+        self.seen += read.size
+        if read.keep == 0:
             return
-        if maps is not None:
-            maps = maps[:keep].reshape(keep, *maps.shape[-2:])
-            if maps.dtype not in (torch.float32, torch.float64):  # half precision: numpy reads float32
-                maps = maps.float()
-        scores = (scores.reshape(-1)[:keep] if scores is not None else maps.flatten(1).amax(dim=1)).to(torch.float64)
-        labels = _tensor(batch, "gt_label")
-        masks = _tensor(batch, "gt_mask")
-        classes = _tensor(batch, "class_index")
-        categories = list(getattr(batch, "category", None) or [])[:keep]
-        if not categories:  # a plain anomalib batch: one category, or one per class where classes are known
-            own = classes.reshape(-1)[:keep].tolist() if classes is not None else [ALL_CATEGORY] * keep
-            categories = [str(c) for c in own]
-        paths = getattr(batch, "image_path", None)
-        paths = [str(p) for p in paths][:keep] if paths is not None else [""] * keep
-        _check_finite(scores, maps, categories, paths)
-        if masks is not None:
-            masks = masks[:keep].reshape(keep, *masks.shape[-2:]) > 0
-            if maps is not None and masks.shape != maps.shape:
-                msg = (
-                    f"Anomaly maps of size {tuple(maps.shape[-2:])} and ground-truth masks of size "
-                    f"{tuple(masks.shape[-2:])} in one batch (first image {paths[0] or '?'}): pixel metrics need "
-                    "both at one size. Resize the masks with the images (the datamodule's transforms) or the maps."
-                )
-                raise ValueError(msg)
+        maps, masks, classes = read.maps, read.masks, read.classes
         weights, region_counts = (None, None) if masks is None or maps is None else self._region_weights(masks)
         normalised_scores = normalised_maps = None
         if normaliser is not None:
-            own_classes = classes.reshape(-1)[:keep] if classes is not None else None
-            normalised_scores, normalised_maps = normaliser(scores, maps, own_classes)
+            normalised_scores, normalised_maps = normaliser(read.scores, maps, classes)
         pixels = None if maps is None or masks is None else (maps.numpy(), masks.numpy(), weights)
-        for category in dict.fromkeys(categories):
-            index = [i for i, c in enumerate(categories) if c == category]
+        for category in dict.fromkeys(read.categories):
+            index = [i for i, c in enumerate(read.categories) if c == category]
             stats = self.categories.get(category)
             if stats is None:
                 stats = self.categories[category] = CategoryStatistics(self.num_bins)
             if classes is not None and stats.class_index is None:
-                stats.class_index = int(classes.reshape(-1)[index[0]])
-            self._fold_images(stats, index, scores, labels, normalised_scores, paths)
+                stats.class_index = int(classes[index[0]])
+            self._fold_images(stats, index, read.scores, read.labels, normalised_scores, read.paths)
             if maps is None:
                 continue
             if pixels is None:
                 stats.images_without_mask += len(index)
                 continue
             stats.images_with_mask += len(index)
-            whole = len(index) == keep  # one category in the batch: no copy
-            parts = [part if whole or part is None else part[index] for part in pixels]
-            stats.pixels.add(*parts)
+            whole = len(index) == read.keep  # one category in the batch: no copy
+            stats.pixels.add(*[part if whole or part is None else part[index] for part in pixels])
             if region_counts is not None:
                 stats.regions += int(region_counts[index].sum())
         if normalised_maps is not None and masks is not None:
@@ -184,7 +155,7 @@ class StreamingStatistics:
     ) -> None:
         """The per-image numbers of the batch's images at ``index``."""
         stats.scores.extend(scores[index].tolist())
-        stats.labels.extend(labels.reshape(-1)[index].tolist() if labels is not None else [-1] * len(index))
+        stats.labels.extend(labels[index].tolist() if labels is not None else [-1] * len(index))
         stats.normalised.extend(
             normalised.reshape(-1)[index].double().tolist() if normalised is not None else [math.nan] * len(index)
         )
@@ -281,6 +252,57 @@ class StreamingStatistics:
             total += 0 if stats.pixels.counts is None else stats.pixels.counts.nbytes
             total += 8 * 3 * stats.num_images
         return total
+
+
+class _Batch(NamedTuple):
+    """One batch's fields on the CPU, cut to the images that are not the sampler's padding."""
+
+    size: int
+    keep: int
+    scores: torch.Tensor
+    maps: torch.Tensor | None
+    masks: torch.Tensor | None
+    labels: torch.Tensor | None
+    classes: torch.Tensor | None
+    categories: list[str]
+    paths: list[str]
+
+
+def _read_batch(batch: Any, limit: int | None, seen: int) -> _Batch:
+    """The batch's fields, checked: finite outputs, masks of the maps' size."""
+    maps, scores = _tensor(batch, "anomaly_map"), _tensor(batch, "pred_score")
+    size = len(scores) if scores is not None else len(maps) if maps is not None else 0
+    keep = size if limit is None else max(0, min(size, limit - seen))
+    if maps is not None:
+        maps = maps[:keep].reshape(keep, *maps.shape[-2:])
+        if maps.dtype not in (torch.float32, torch.float64):  # half precision: numpy reads float32
+            maps = maps.float()
+    if scores is not None:
+        scores = scores.reshape(-1)[:keep].to(torch.float64)
+    elif maps is not None:
+        scores = maps.flatten(1).amax(dim=1).to(torch.float64)
+    else:
+        scores = torch.zeros(0, dtype=torch.float64)
+    labels, masks, classes = (_tensor(batch, name) for name in ("gt_label", "gt_mask", "class_index"))
+    labels = labels.reshape(-1)[:keep] if labels is not None else None
+    classes = classes.reshape(-1)[:keep] if classes is not None else None
+    categories = list(getattr(batch, "category", None) or [])[:keep]
+    if not categories:  # a plain anomalib batch: one category, or one per class where classes are known
+        categories = [str(c) for c in classes.tolist()] if classes is not None else [ALL_CATEGORY] * keep
+    paths = getattr(batch, "image_path", None)
+    paths = [str(p) for p in paths][:keep] if paths is not None else [""] * keep
+    if keep:
+        _check_finite(scores, maps, categories, paths)
+    if masks is not None:
+        masks = masks[:keep].reshape(keep, *masks.shape[-2:]) > 0
+        if maps is not None and masks.shape != maps.shape:
+            msg = (
+                f"Anomaly maps of size {tuple(maps.shape[-2:])} and ground-truth masks of size "
+                f"{tuple(masks.shape[-2:])} in one batch (first image {paths[0] or '?'}): pixel metrics need both "
+                "at one size. Resize the masks with the images (the datamodule's transforms) or the maps."
+            )
+            raise ValueError(msg)
+    return _Batch(size, keep, scores, maps, masks, labels, classes, categories, paths)
 
 
 def _sum_histograms(histograms: list[DyadicHistogram]) -> None:
