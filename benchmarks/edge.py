@@ -442,10 +442,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--models", nargs="*", default=None, help=f"subset of {list(OUR_MODELS)}")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs of every model (default: schedule)")
-    parser.add_argument("--render", type=Path, default=None, help="rewrite the markdown of a saved edge.json only")
+    parser.add_argument(
+        "--render", type=Path, nargs="+", default=None,
+        help="rewrite the markdown of saved edge.json files only (several: one report, models of runs made at once)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.render is not None:
-        return render(args.render)
+        return render(*args.render)
     cfg = SIZES[args.size]
     torch.set_flush_denormal(True)  # denormal floats in a decoder's tail can slow a CPU step many times over
 
@@ -487,9 +490,21 @@ def main(argv: list[str] | None = None) -> Path:
     return render(args.output_dir / "edge.json")
 
 
-def render(saved: Path) -> Path:
-    """Write ``edge.md`` next to a saved ``edge.json`` (its numbers; no measuring)."""
+def render(saved: Path, *more: Path) -> Path:
+    """Write ``edge.md`` next to a saved ``edge.json`` (its numbers; no measuring).
+
+    ``more``: JSON files of runs made at the same commit and size (e.g. two processes, each on some models): their
+    models join the report, and its header names every command.
+    """
     data = json.loads(saved.read_text())
+    for path in more:
+        other = json.loads(path.read_text())
+        if other["size"] != data["size"] or other["machine"].get("commit") != data["machine"].get("commit"):
+            msg = f"{path} is of another size or commit than {saved}: one report cannot hold both."
+            raise ValueError(msg)
+        data["results"] |= other["results"]
+        data["command"] += f"` and `{other['command']}"
+        data["minutes"] = max(data["minutes"], other["minutes"])
     machine = data.get("machine") or machine_info()  # older files: the machine rendering them
     markdown = saved.with_name("edge.md")
     markdown.write_text(report(data["results"], SIZES[data["size"]], data["command"], data["minutes"], machine))
