@@ -192,6 +192,28 @@ def frozen_encoder_operations(model: ov.Model, frozen_parameters: Iterable[str])
     return [name for name, op in seen.items() if op.get_type_name() not in {"Constant", "Parameter"}]
 
 
+COMPUTE_OPS = frozenset({"Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"})
+
+
+def float_compute_operations(model: ov.Model) -> list[str]:
+    """Names of the convolutions and matrix products whose activation input is not INT8 (no ``FakeQuantize``).
+
+    These are the float islands of an INT8 graph: each runs in floating point and costs a dequantize (and often a
+    layout reorder) on its way in and a requantize on its way out. Their number is what a test keeps from growing
+    silently (issue 27): a change that leaves more layers in float shows up here before it shows up as lost speed.
+    """
+    names = []
+    for op in model.get_ops():
+        if op.get_type_name() not in COMPUTE_OPS:
+            continue
+        source = op.input_value(0).get_node()
+        while source.get_type_name() in {"Reshape", "Transpose", "Convert"} and source.get_input_size() > 0:
+            source = source.input_value(0).get_node()
+        if source.get_type_name() != "FakeQuantize":
+            names.append(op.get_friendly_name())
+    return names
+
+
 def quantization_settings(
     model: ov.Model, ignored_scope: Any = None, frozen_parameters: Iterable[str] | None = None
 ) -> dict[str, Any]:

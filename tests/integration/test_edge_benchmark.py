@@ -21,15 +21,18 @@ def test_edge_smoke(tmp_path):
     report = (tmp_path / "edge.md").read_text()
     assert "python -m benchmarks.edge --size smoke --models UniAD LGC" in report
     for model in ("UniAD", "LGC"):
-        for variant in ("fp32", "fp16", "INT8"):
-            assert f"| {model} | {variant}, 64 px, 2 epochs |" in report
-    assert "| UniAD | INT8, encoder too, 64 px, 2 epochs |" in report
+        for variant in ("fp32", "bf16", "INT8, encoder float (default)", "INT8, encoder INT8, f32 rest"):
+            assert f"| {model} | {variant} |" in report
     assert "failed" not in report, report
     results = json.loads((tmp_path / "edge.json").read_text())["results"]
-    int8 = results["LGC"]["variants"]["INT8"]
+    int8 = results["LGC"]["variants"]["INT8, encoder float"]
     assert int8["INT8 quantizers"] > 0
     assert set(int8["auroc"]) == {"brick", "coffee", "grass", "mean"}
     assert int8["MiB"] < results["LGC"]["variants"]["fp32"]["MiB"] / 2
+    # interleaved timing: every variant has as many rounds, and counters that say in which precision layers ran
+    assert len({len(v["bN s"]) for v in results["LGC"]["variants"].values()}) == 1
+    assert results["LGC"]["variants"]["fp32"]["counters"]["ms_by_precision"].keys() <= {"f32", "int8", "other"}
+    assert results["LGC"]["variants"]["INT8, encoder INT8"]["counters"]["layers_by_precision"]["int8"] > 0
 
 
 @pytest.mark.slow  # about 3 minutes on 2 cores

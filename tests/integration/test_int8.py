@@ -14,6 +14,7 @@ from anomalib_multiclass.deploy.quantize import (
     anomaly_map_operations,
     calibration_images,
     category_sample_indices,
+    float_compute_operations,
     frozen_encoder_operations,
     quantize_ptq,
 )
@@ -34,6 +35,17 @@ MODELS = {
     "OmniAD": (OmniAD, {**TINY_OMNI_AD, **REAL}),
     "LGC": (LGC, {**TINY_LGC_LITE0, **REAL}),
 }
+# Float islands of each INT8_PTQ export (``float_compute_operations``: convolutions and matrix products without an
+# INT8 input) at the package's defaults, measured by this test at commit 822a2d7 (Omni-AD, LGC: the same exports of
+# the untrained tiny models, whose graph is the same; UniAD gives 35 either way): the frozen
+# Lite0 encoder's convolutions (kept in float: quantizing it costs up to 17 points of one category's image AUROC,
+# benchmarks/results/edge.md) and the attention products NNCF keeps in float. A change that leaves more layers in
+# float fails here, before it shows as lost speed (issue 27).
+FLOAT_COMPUTE_OPS = {"UniAD": 35, "MintAD": 35, "RLR": 34, "OmniAD": 42, "LGC": 36}
+# |INT8 - fp32| of the mean per-category image AUROC measured by that test (UniAD +0.022, MintAD +0.011, RLR -0.033,
+# Omni-AD and LGC not measured yet: their run did not finish in time, they keep the former 0.1) plus one swapped pair
+# (8 images per category, 3 categories: 1/15/3 = 0.022)
+AUROC_TOLERANCE = {"UniAD": 0.06, "MintAD": 0.06, "RLR": 0.06, "OmniAD": 0.1, "LGC": 0.1}
 # Omni-AD after 2 epochs ranks the 64 px test images about at random (fp32 AUROC 0.42): near-tied scores that any
 # perturbation reorders; after 6 it ranks them (0.80), and INT8's AUROC comparison means something
 EPOCHS = {"OmniAD": 6}
@@ -131,6 +143,13 @@ def test_ptq_keeps_the_frozen_encoder_in_floating_point(synthetic_root):
     assert _quantized_convolutions(kept) == {convolution["self.decoder.weight"]}
     everything = quantize_ptq(model.clone(), datamodule, images_per_category=2)
     assert _quantized_convolutions(everything) == set(convolution.values())
+    # the float islands: the encoder's two convolutions when it stays in float, none when it is quantized too
+    assert set(float_compute_operations(kept)) == {
+        convolution["self.encoder.0.weight"],
+        convolution["self.encoder.2.weight"],
+    }
+    assert float_compute_operations(everything) == []
+    assert len(float_compute_operations(model)) == 3  # the fp32 graph: every convolution is float
 
 
 def test_weight_only_int8_needs_no_data():
@@ -218,6 +237,8 @@ def test_int8_ptq_export_of_every_model(trained, synthetic_root, tmp_path):
         post.enable_normalization = post.enable_thresholding = True
     int8 = openvino.Core().read_model(str(paths[CompressionType.INT8_PTQ]))
     assert "FakeQuantize" in {op.get_type_name() for op in int8.get_ops()}
+    name = type(module).__name__
+    assert len(float_compute_operations(int8)) <= FLOAT_COMPUTE_OPS[name], float_compute_operations(int8)
     assert read_metadata(paths[CompressionType.INT8_PTQ]) == read_metadata(paths[None])
     assert read_metadata(paths[None])["category_names"] == ["brick", "coffee", "grass"]
 
@@ -233,7 +254,7 @@ def test_int8_ptq_export_of_every_model(trained, synthetic_root, tmp_path):
     assert spearmanr(fp32_scores, int8_scores).statistic > 0.8
     fp32_auroc = _mean_category_auroc(fp32_scores, labels, categories)
     int8_auroc = _mean_category_auroc(int8_scores, labels, categories)
-    assert abs(int8_auroc - fp32_auroc) <= 0.1, (fp32_auroc, int8_auroc)
+    assert abs(int8_auroc - fp32_auroc) <= AUROC_TOLERANCE[name], (fp32_auroc, int8_auroc)
 
 
 @pytest.fixture(scope="module")
