@@ -16,6 +16,8 @@ The mixin
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,9 +188,27 @@ class MultiClassMixin:
         gives the same model without the noise; ``opset_version=...`` still overrides it.
         """
         kwargs.setdefault("opset_version", ONNX_OPSET_VERSION)
-        path = super().to_onnx(*args, **kwargs)  # type: ignore[misc]
+        with self._exporting_raw_outputs():
+            path = super().to_onnx(*args, **kwargs)  # type: ignore[misc]
         self._write_export_metadata(path)
         return path
+
+    @contextmanager
+    def _exporting_raw_outputs(self) -> Iterator[None]:
+        """Trace the graph with the raw score and map as extra outputs (``raw_pred_score``, ``raw_anomaly_map``).
+
+        anomalib's fields keep their meaning (normalised with the global values, or with MINT-AD's predicted class);
+        the raw ones let ``MultiClassOpenVINOInferencer(category=...)`` and ONNX users normalise once per category.
+        """
+        post_processor = getattr(self, "post_processor", None)
+        if post_processor is None or not hasattr(post_processor, "export_raw_outputs"):
+            yield
+            return
+        post_processor.export_raw_outputs = True
+        try:
+            yield
+        finally:
+            post_processor.export_raw_outputs = False
 
     def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
         """Anomalib's OpenVINO export that anomalib's own ``OpenVINOInferencer`` runs, plus the metadata file.
