@@ -116,9 +116,9 @@ def _assert_same(got: dict, expected, what: str) -> None:
 def test_exported_per_category_outputs_equal_pytorch(trained, synthetic_root, tmp_path, table):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")
+    from anomalib_multiclass.category_map import read_metadata
     from anomalib_multiclass.deploy import MultiClassOpenVINOInferencer
     from anomalib_multiclass.deploy.inferencer import per_category_outputs, post_processor_from_metadata
-    from anomalib_multiclass.category_map import read_metadata
 
     images = _images(synthetic_root)
     if table == "spread":
