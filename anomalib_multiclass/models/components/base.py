@@ -188,6 +188,7 @@ class MultiClassMixin:
         gives the same model without the noise; ``opset_version=...`` still overrides it.
         """
         kwargs.setdefault("opset_version", ONNX_OPSET_VERSION)
+        _refuse_existing_export(args[0] if args else kwargs.get("export_root"), "onnx", (".onnx",), args, kwargs)
         with self._exporting_raw_outputs():
             path = super().to_onnx(*args, **kwargs)  # type: ignore[misc]
         self._write_export_metadata(path)
@@ -219,9 +220,16 @@ class MultiClassMixin:
         """
         from anomalib_multiclass.deploy.inferencer import hide_extra_outputs
 
+        root = args[0] if args else kwargs.get("export_root")
+        _refuse_existing_export(root, "openvino", (".xml", ".bin"), args, kwargs)
         path = super().to_openvino(*args, **kwargs)  # type: ignore[misc]
         self._write_export_metadata(path, hidden_outputs=hide_extra_outputs(path))
         return path
+
+    def to_torch(self, *args: Any, **kwargs: Any) -> Path:
+        """The torch export of anomalib, refused where it would replace an earlier export."""
+        _refuse_existing_export(args[0] if args else kwargs.get("export_root"), "torch", (".pt",), args, kwargs)
+        return super().to_torch(*args, **kwargs)  # type: ignore[misc]
 
     def _compress_ov_model(
         self,
@@ -294,9 +302,46 @@ class MultiClassMixin:
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[misc]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the category map with the weights."""
+        """Store the category map and the model's class name with the weights."""
         super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
         checkpoint[CATEGORY_NAMES_KEY] = self.category_names
+        checkpoint[MODEL_CLASS_KEY] = type(self).__name__
+
+    @classmethod
+    def checkpoint_arguments(cls, saved: dict[str, Any]) -> dict[str, Any]:
+        """The constructor arguments of a checkpoint's hyper-parameters that shape the network (sizes, backbone...)."""
+        import inspect
+
+        accepted = set(inspect.signature(cls.__init__).parameters) - set(_COMPONENTS) - _NO_WEIGHT_EFFECT
+        return {key: value for key, value in saved.items() if key in accepted}
+
+    @classmethod
+    def check_checkpoint_model(cls, checkpoint: dict[str, Any], where: str = "The checkpoint") -> None:
+        """Refuse a checkpoint of another model, naming the model it holds and the option that loads it."""
+        saved_class = checkpoint.get(MODEL_CLASS_KEY)
+        hyper_parameters = checkpoint.get("hyper_parameters") or {}
+        if saved_class is None:  # older checkpoints: the model whose constructor takes every saved argument
+            import inspect
+
+            from anomalib_multiclass import models
+
+            arguments = {key for key in hyper_parameters if not key.startswith("_")}
+
+            def takes_all(candidate: type) -> bool:
+                return not (arguments - set(inspect.signature(candidate.__init__).parameters))
+
+            if not arguments or takes_all(cls):
+                return
+            matches = [name for name in models.__all__ if takes_all(getattr(models, name))]
+            saved_class = matches[0] if len(matches) == 1 else "another model"
+        if saved_class == cls.__name__:
+            return
+        option = f"--model {saved_class}" if saved_class != "another model" else "the model it was trained as"
+        msg = (
+            f"{where} holds a {saved_class} model, not a {cls.__name__}: its weights do not fit. Load it as "
+            f"{saved_class} ({option}; Python: {saved_class}.load_from_checkpoint(...))."
+        )
+        raise CheckpointModelError(msg)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the category map saved with the weights and check the attached data against it.
@@ -304,6 +349,7 @@ class MultiClassMixin:
         Lightning runs ``setup`` (which takes the datamodule's order into a fresh model) before it restores a
         ``ckpt_path``, so the datamodule is checked here again, against the checkpoint's map.
         """
+        self.check_checkpoint_model(checkpoint)
         self._adopt_checkpoint_arguments(checkpoint.get("hyper_parameters") or {})
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
         names = checkpoint.get(CATEGORY_NAMES_KEY)
@@ -321,11 +367,8 @@ class MultiClassMixin:
         checkpoint's hyper-parameters say how it was built; the network (every sub-module but anomalib's
         components) and the attributes named after arguments are taken from a model built with them.
         """
-        import inspect
-
-        accepted = set(inspect.signature(type(self).__init__).parameters) - set(_COMPONENTS) - _NO_WEIGHT_EFFECT
         current = dict(getattr(self, "hparams", {}))
-        arguments = {key: value for key, value in saved.items() if key in accepted}
+        arguments = self.checkpoint_arguments(saved)
         differing = {key: value for key, value in arguments.items() if _plain(current.get(key)) != _plain(value)}
         if not differing:
             return
@@ -345,9 +388,33 @@ class MultiClassMixin:
         self.hparams.update(arguments)  # type: ignore[attr-defined]
 
 
+MODEL_CLASS_KEY = "anomalib_multiclass_model"
+
+
+class CheckpointModelError(ValueError):
+    """A checkpoint of one model was given to another."""
+
+
 _COMPONENTS = ("pre_processor", "post_processor", "evaluator", "visualizer")
 _NO_WEIGHT_EFFECT = {"self", "pre_trained", "backbone_weights"}  # the checkpoint holds the backbone weights
 _DERIVED_ATTRIBUTES = ("model", "model_input_size", "backbone_name", "_model_kwargs")  # "model": MINT-AD builds it late
+
+
+def _refuse_existing_export(
+    export_root: Any, kind: str, suffixes: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """Raise where an export would silently replace an earlier one (``<root>/weights/<kind>/<name>.*``)."""
+    if export_root is None:
+        return
+    name = args[1] if len(args) > 1 else kwargs.get("model_file_name", "model")
+    folder = Path(export_root) / "weights" / kind
+    existing = [folder / f"{name}{suffix}" for suffix in suffixes if (folder / f"{name}{suffix}").exists()]
+    if existing:
+        msg = (
+            f"{existing[0]} already exists (an earlier export); exporting again would replace it. Choose another "
+            f"folder (command line: --export_root <folder>; Python: export_root=...) or delete {folder} first."
+        )
+        raise FileExistsError(msg)
 
 
 def _plain(value: Any) -> Any:
