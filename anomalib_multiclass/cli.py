@@ -8,8 +8,9 @@ splits, loader order), and writes the seed it used back into the saved ``config.
 
 The same hook makes ``test``, ``predict`` and ``export`` with ``--ckpt_path`` build our models with the checkpoint's
 constructor arguments before anything is instantiated (without the training config, the model's input size, and
-so the datamodule's resize, would be the defaults), refuses a checkpoint of another model by name, and gives
-``test`` and ``predict`` a new version folder instead of the last run's (whose results they replaced).
+so the datamodule's resize, would be the defaults), refuses a checkpoint of another model by name, gives
+``test`` and ``predict`` a new version folder instead of the last run's (whose results they replaced), and makes
+``predict --data <folder>`` skip unreadable files with a warning naming each.
 """
 
 from __future__ import annotations
@@ -175,3 +176,10 @@ def install_fresh_result_folders() -> None:
     _setup_workspace.__doc__ = original.__doc__
     setattr(_setup_workspace, _PATCHED, True)
     Engine._setup_workspace = _setup_workspace
+
+    # `anomalib predict --data <folder>`: unreadable files skipped by name, 16-bit images with their range
+    import anomalib.engine.engine as engine_module
+
+    from anomalib_multiclass.data.predict import ReadablePredictDataset
+
+    engine_module.PredictDataset = ReadablePredictDataset

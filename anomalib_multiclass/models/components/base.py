@@ -16,8 +16,6 @@ The mixin
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +32,15 @@ from anomalib_multiclass.category_map import (
     write_metadata,
 )
 from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
+from anomalib_multiclass.models.components.checks import (
+    MODEL_CLASS_KEY,
+    CheckpointModelError,
+    check_checkpoint_model,
+    check_optimizer_arguments,
+    checkpoint_arguments,
+    raw_export_outputs,
+    refuse_existing_export,
+)
 
 if TYPE_CHECKING:
     from anomalib.data import Batch
@@ -188,28 +195,11 @@ class MultiClassMixin:
         gives the same model without the noise; ``opset_version=...`` still overrides it.
         """
         kwargs.setdefault("opset_version", ONNX_OPSET_VERSION)
-        _refuse_existing_export(args[0] if args else kwargs.get("export_root"), "onnx", (".onnx",), args, kwargs)
-        with self._exporting_raw_outputs():
+        refuse_existing_export(args[0] if args else kwargs.get("export_root"), "onnx", (".onnx",), args, kwargs)
+        with raw_export_outputs(getattr(self, "post_processor", None)):
             path = super().to_onnx(*args, **kwargs)  # type: ignore[misc]
         self._write_export_metadata(path)
         return path
-
-    @contextmanager
-    def _exporting_raw_outputs(self) -> Iterator[None]:
-        """Trace the graph with the raw score and map as extra outputs (``raw_pred_score``, ``raw_anomaly_map``).
-
-        anomalib's fields keep their meaning (normalised with the global values, or with MINT-AD's predicted class);
-        the raw ones let ``MultiClassOpenVINOInferencer(category=...)`` and ONNX users normalise once per category.
-        """
-        post_processor = getattr(self, "post_processor", None)
-        if post_processor is None or not hasattr(post_processor, "export_raw_outputs"):
-            yield
-            return
-        post_processor.export_raw_outputs = True
-        try:
-            yield
-        finally:
-            post_processor.export_raw_outputs = False
 
     def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
         """Anomalib's OpenVINO export that anomalib's own ``OpenVINOInferencer`` runs, plus the metadata file.
@@ -221,14 +211,14 @@ class MultiClassMixin:
         from anomalib_multiclass.deploy.inferencer import hide_extra_outputs
 
         root = args[0] if args else kwargs.get("export_root")
-        _refuse_existing_export(root, "openvino", (".xml", ".bin"), args, kwargs)
+        refuse_existing_export(root, "openvino", (".xml", ".bin"), args, kwargs)
         path = super().to_openvino(*args, **kwargs)  # type: ignore[misc]
         self._write_export_metadata(path, hidden_outputs=hide_extra_outputs(path))
         return path
 
     def to_torch(self, *args: Any, **kwargs: Any) -> Path:
         """The torch export of anomalib, refused where it would replace an earlier export."""
-        _refuse_existing_export(args[0] if args else kwargs.get("export_root"), "torch", (".pt",), args, kwargs)
+        refuse_existing_export(args[0] if args else kwargs.get("export_root"), "torch", (".pt",), args, kwargs)
         return super().to_torch(*args, **kwargs)  # type: ignore[misc]
 
     def _compress_ov_model(
@@ -268,6 +258,8 @@ class MultiClassMixin:
                 check_category_names(self.category_names, names)
         self._sync_post_processor()
         self._check_pre_processor_size()
+        if stage == "fit":
+            check_optimizer_arguments(self)
         super().setup(stage)  # type: ignore[misc]
 
     def _check_pre_processor_size(self) -> None:
@@ -310,38 +302,12 @@ class MultiClassMixin:
     @classmethod
     def checkpoint_arguments(cls, saved: dict[str, Any]) -> dict[str, Any]:
         """The constructor arguments of a checkpoint's hyper-parameters that shape the network (sizes, backbone...)."""
-        import inspect
-
-        accepted = set(inspect.signature(cls.__init__).parameters) - set(_COMPONENTS) - _NO_WEIGHT_EFFECT
-        return {key: value for key, value in saved.items() if key in accepted}
+        return checkpoint_arguments(cls, saved, excluded={*_COMPONENTS, *_NO_WEIGHT_EFFECT})
 
     @classmethod
     def check_checkpoint_model(cls, checkpoint: dict[str, Any], where: str = "The checkpoint") -> None:
         """Refuse a checkpoint of another model, naming the model it holds and the option that loads it."""
-        saved_class = checkpoint.get(MODEL_CLASS_KEY)
-        hyper_parameters = checkpoint.get("hyper_parameters") or {}
-        if saved_class is None:  # older checkpoints: the model whose constructor takes every saved argument
-            import inspect
-
-            from anomalib_multiclass import models
-
-            arguments = {key for key in hyper_parameters if not key.startswith("_")}
-
-            def takes_all(candidate: type) -> bool:
-                return not (arguments - set(inspect.signature(candidate.__init__).parameters))
-
-            if not arguments or takes_all(cls):
-                return
-            matches = [name for name in models.__all__ if takes_all(getattr(models, name))]
-            saved_class = matches[0] if len(matches) == 1 else "another model"
-        if saved_class == cls.__name__:
-            return
-        option = f"--model {saved_class}" if saved_class != "another model" else "the model it was trained as"
-        msg = (
-            f"{where} holds a {saved_class} model, not a {cls.__name__}: its weights do not fit. Load it as "
-            f"{saved_class} ({option}; Python: {saved_class}.load_from_checkpoint(...))."
-        )
-        raise CheckpointModelError(msg)
+        check_checkpoint_model(cls, checkpoint, [*MultiClassMixin.__subclasses__()], where)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the category map saved with the weights and check the attached data against it.
@@ -388,33 +354,9 @@ class MultiClassMixin:
         self.hparams.update(arguments)  # type: ignore[attr-defined]
 
 
-MODEL_CLASS_KEY = "anomalib_multiclass_model"
-
-
-class CheckpointModelError(ValueError):
-    """A checkpoint of one model was given to another."""
-
-
 _COMPONENTS = ("pre_processor", "post_processor", "evaluator", "visualizer")
 _NO_WEIGHT_EFFECT = {"self", "pre_trained", "backbone_weights"}  # the checkpoint holds the backbone weights
 _DERIVED_ATTRIBUTES = ("model", "model_input_size", "backbone_name", "_model_kwargs")  # "model": MINT-AD builds it late
-
-
-def _refuse_existing_export(
-    export_root: Any, kind: str, suffixes: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> None:
-    """Raise where an export would silently replace an earlier one (``<root>/weights/<kind>/<name>.*``)."""
-    if export_root is None:
-        return
-    name = args[1] if len(args) > 1 else kwargs.get("model_file_name", "model")
-    folder = Path(export_root) / "weights" / kind
-    existing = [folder / f"{name}{suffix}" for suffix in suffixes if (folder / f"{name}{suffix}").exists()]
-    if existing:
-        msg = (
-            f"{existing[0]} already exists (an earlier export); exporting again would replace it. Choose another "
-            f"folder (command line: --export_root <folder>; Python: export_root=...) or delete {folder} first."
-        )
-        raise FileExistsError(msg)
 
 
 def _plain(value: Any) -> Any:
@@ -440,6 +382,7 @@ def as_multiclass_batch(batch: Batch) -> Batch:
 __all__ = [
     "CATEGORY_NAMES_KEY",
     "CategoryMismatchError",
+    "CheckpointModelError",
     "MultiClassInferenceBatch",
     "MultiClassMixin",
     "as_multiclass_batch",
