@@ -205,8 +205,9 @@ class MultiClassMixin:
         """Anomalib's OpenVINO export that anomalib's own ``OpenVINOInferencer`` runs, plus the metadata file.
 
         anomalib's inferencer makes a ``NumpyImageBatch`` of every model output and fails on a field it does not
-        know, so outputs beyond anomalib's (MINT-AD's ``pred_class``) stay in the graph as named tensors but not
-        as outputs; the metadata lists them (``hidden_outputs``) and ``MultiClassOpenVINOInferencer`` reads them.
+        know, so outputs beyond anomalib's (MINT-AD's ``pred_class``, the raw ``raw_pred_score``/``raw_anomaly_map``)
+        stay in the graph as named tensors but not as outputs; the metadata lists them (``hidden_outputs``) and
+        ``MultiClassOpenVINOInferencer`` reads them.
         """
         from anomalib_multiclass.deploy.inferencer import hide_extra_outputs
 
