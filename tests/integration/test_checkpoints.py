@@ -151,25 +151,33 @@ def _table(path):
     return json.loads(path.read_text())
 
 
-def test_checkpoint_without_config_gives_the_training_table_and_never_overwrites(checkpoint, synthetic_root, tmp_path):
-    # issue 25, cases 3 and 4: the datamodule resized to the default 224 px (another table, no error), and a second
-    # `anomalib test` replaced the earlier run's per_category_metrics and config.yaml
+def test_checkpoint_without_config_runs_at_its_size_and_never_overwrites(checkpoint, synthetic_root, tmp_path):
+    # issue 25, cases 3 and 4: the datamodule resized to the default 224 px (another table, no error), and
+    # `anomalib test` replaced the last run's per_category_metrics and config.yaml (its folder is `latest`)
+    earlier = tmp_path / "UniAD" / "MultiClassFolder" / "all" / "v0"
+    earlier.mkdir(parents=True)
+    for name in ("per_category_metrics.json", "config.yaml"):
+        (earlier / name).write_text("the earlier run's")
+    (earlier.parent / "latest").symlink_to(earlier, target_is_directory=True)
+
+    cli = _cli_test(checkpoint, synthetic_root, tmp_path)
+    assert tuple(cli.model.model_input_size) == (64, 64)
+    augmentations = cli.datamodule.test_data.augmentations
+    resizes = getattr(augmentations, "transforms", [augmentations])
+    assert {tuple(t.size) for t in resizes if hasattr(t, "size")} == {(64, 64)}  # the datamodule's resize too
+    assert (earlier / "per_category_metrics.json").read_text() == "the earlier run's"
+    assert (earlier / "config.yaml").read_text() == "the earlier run's"
+    assert (earlier.parent / "v1" / "per_category_metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_checkpoint_without_config_gives_the_training_table(checkpoint, synthetic_root, tmp_path):
     reference_root = tmp_path / "python"
     _engine(reference_root).test(UniAD(**TINY_UNIAD), datamodule=_data(synthetic_root), ckpt_path=checkpoint)
     (expected,) = reference_root.rglob("per_category_metrics.json")
-
-    root = tmp_path / "cli"
-    cli = _cli_test(checkpoint, synthetic_root, root)
-    assert tuple(cli.model.model_input_size) == (64, 64)
-    (first,) = root.rglob("per_category_metrics.json")
-    assert _table(first) == _table(expected)
-    before = first.read_bytes()
-
-    _cli_test(checkpoint, synthetic_root, root)
-    tables = sorted(root.rglob("per_category_metrics.json"))
-    assert len(tables) == 2, tables  # a new version folder
-    assert first.read_bytes() == before
-    assert {path.parent.name for path in tables} == {"v0", "v1"}
+    _cli_test(checkpoint, synthetic_root, tmp_path / "cli")
+    (got,) = (tmp_path / "cli").rglob("per_category_metrics.json")
+    assert _table(got) == _table(expected)
 
 
 def test_a_checkpoint_of_another_model_is_refused_by_name(checkpoint, synthetic_root, tmp_path):
