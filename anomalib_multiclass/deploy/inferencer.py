@@ -87,17 +87,7 @@ class MultiClassOpenVINOInferencer(OpenVINOInferencer):
         self.path = Path(path)
         self.metadata = read_metadata(path)
         self.category_names: list[str] = self.metadata.get("category_names") or []
-        if category is not None and not self.category_names:
-            msg = (
-                f"Category {category!r} given, but {Path(path).parent / METADATA_FILE} (the category names and "
-                "thresholds written at export) is missing. Export the model with anomalib-multiclass and keep that "
-                "file next to it."
-            )
-            raise FileNotFoundError(msg)
-        if category is not None and category not in self.category_names:
-            msg = f"Category {category!r} was not seen in training. The model knows {self.category_names}."
-            raise ValueError(msg)
-        self.category = category
+        self.category = self._checked_category(category)
         self._post_processor: ClassAwarePostProcessor | None = None
 
     def load_model(self, path: str | Path | tuple[bytes, bytes]) -> tuple[Any, Any, Any]:
@@ -117,30 +107,44 @@ class MultiClassOpenVINOInferencer(OpenVINOInferencer):
         compiled = core.compile_model(model=model, device_name=self.device, config=self.config)
         return compiled.input(0), compiled.output(0), compiled
 
-    def predict(self, image: Any) -> NumpyImageBatch:
-        """Run the model; keep ``pred_class`` (and its name); with ``category``, that category's normalisation.
+    def _checked_category(self, category: str | None) -> str | None:
+        if category is not None and not self.category_names:
+            msg = (
+                f"Category {category!r} given, but {self.path.parent / METADATA_FILE} (the category names and "
+                "thresholds written at export) is missing. Export the model with anomalib-multiclass and keep that "
+                "file next to it."
+            )
+            raise FileNotFoundError(msg)
+        if category is not None and category not in self.category_names:
+            msg = f"Category {category!r} was not seen in training. The model knows {self.category_names}."
+            raise ValueError(msg)
+        return category
+
+    def predict(self, image: Any, category: str | None = None) -> NumpyImageBatch:
+        """Run the model; keep ``pred_class`` (and its name); with a category, that category's normalisation.
 
         ``image``: a path (any bit depth and mode, read with its full range), a PIL image, or an array or tensor
         (``H x W`` grayscale, ``H x W x 3``, ``N x H x W x 3`` or ``N x 3 x H x W``; integers scaled by their type's
-        range, floats taken as [0, 1]).
+        range, floats taken as [0, 1]). ``category``: the images' category for this call (default: the inferencer's).
         """
+        category = self._checked_category(category) or self.category
         image = _as_model_input(image)
         image = self.pre_process(image)
         outputs = self.post_process(self.model({self.input_blob.any_name: image}))
         pred_class = outputs.pop("pred_class", None)
         raw = {name: outputs.pop(name) for name in RAW_OUTPUTS if name in outputs}
-        if self.category is not None:
+        if category is not None:
             if "raw_pred_score" not in raw:
                 msg = (
                     f"{self.path} has no raw outputs ({', '.join(RAW_OUTPUTS)}): it was exported by an older "
                     "anomalib-multiclass, whose per-category scores were approximate. Export the model again."
                 )
                 raise ValueError(msg)
-            outputs.update(self._category_outputs(raw, self.category_names.index(self.category)))
+            outputs.update(self._category_outputs(raw, self.category_names.index(category)))
         batch = NumpyImageBatch(image=image, **outputs)
         batch.pred_class = pred_class
-        if self.category is not None:
-            batch.category = [self.category] * len(np.asarray(outputs["pred_score"]).reshape(-1))
+        if category is not None:
+            batch.category = [category] * len(np.asarray(outputs["pred_score"]).reshape(-1))
         elif pred_class is not None and self.category_names:
             batch.category = [self.category_names[int(i)] for i in np.asarray(pred_class).reshape(-1)]
         return batch

@@ -83,13 +83,20 @@ def test_onnx_runtime_parity(trained_module, images, reference, tmp_path, caplog
         np.testing.assert_array_equal(outputs["pred_class"], reference.pred_class.numpy())
 
 
-def test_openvino_parity_and_inferencer(trained_module, images, reference, tmp_path):
+@pytest.fixture(scope="module")
+def openvino_path(trained_module, tmp_path_factory):
+    """One fp32 OpenVINO export of the trained module, shared by the module's tests (an export takes a while)."""
+    pytest.importorskip("openvino")
+    return trained_module.to_openvino(export_root=tmp_path_factory.mktemp("openvino"), input_size=(64, 64))
+
+
+def test_openvino_parity_and_inferencer(trained_module, images, reference, openvino_path, tmp_path):
     openvino = pytest.importorskip("openvino")
     from anomalib.deploy import OpenVINOInferencer
 
     from anomalib_multiclass.deploy import MultiClassOpenVINOInferencer, read_metadata
 
-    path = trained_module.to_openvino(export_root=tmp_path, input_size=(64, 64))
+    path = openvino_path
     # CPUs with bf16 units (AMX, AVX512-BF16) run OpenVINO in bf16 unless told otherwise: parity is an fp32 claim
     compiled = openvino.Core().compile_model(str(path), "CPU", FP32)
     result = compiled(images.numpy())
@@ -244,23 +251,43 @@ def _assert_same(got: dict, expected, what: str) -> None:
 
 
 @pytest.mark.parametrize("table", ["spread", pytest.param("learnt", marks=pytest.mark.slow)])
-def test_exported_per_category_outputs_equal_pytorch(trained_module, synthetic_root, tmp_path, table, request):
+def test_exported_per_category_outputs_equal_pytorch(
+    trained_module, synthetic_root, openvino_path, tmp_path, table, request
+):
     onnxruntime = pytest.importorskip("onnxruntime")
-    pytest.importorskip("openvino")
     trained = trained_module
     images = _images(synthetic_root)
+    # the stock inferencer reads anomalib's fields, normalised in the graph with the learnt (global) values
+    _check_stock_inferencer(trained, images, openvino_path)
     saved = {name: buffer.clone() for name, buffer in trained.post_processor.state_dict().items()}
     if table == "spread":
         _spread_table(trained, images)
     # the default suite checks OpenVINO (UniAD, spread table); -m slow adds ONNX Runtime and every model
     with_onnx = table == "learnt" or request.node.get_closest_marker("slow") is not None
     try:
-        _check_parity(trained, images, tmp_path, onnxruntime if with_onnx else None)
+        _check_parity(trained, images, openvino_path, tmp_path, onnxruntime if with_onnx else None)
     finally:  # the module's other tests use the learnt table
         trained.post_processor.load_state_dict(saved)
 
 
-def _check_parity(trained, images, tmp_path, onnxruntime) -> None:
+def _with_table(trained, openvino_path, folder):
+    """The export with the post-processor's current per-category table in its metadata (what the graph's raw
+    outputs are normalised with: the table is not in the graph, so a changed one needs no new export)."""
+    import json
+    import shutil
+
+    from anomalib_multiclass.category_map import METADATA_FILE
+
+    folder.mkdir()
+    for file in openvino_path.parent.iterdir():
+        shutil.copy(file, folder / file.name)
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    metadata["thresholds"] = trained.post_processor.per_class_thresholds(CATEGORIES)
+    (folder / METADATA_FILE).write_text(json.dumps(metadata))
+    return folder / openvino_path.name
+
+
+def _check_parity(trained, images, openvino_path, tmp_path, onnxruntime) -> None:
     from anomalib_multiclass.category_map import read_metadata
     from anomalib_multiclass.deploy import MultiClassOpenVINOInferencer
     from anomalib_multiclass.deploy.inferencer import per_category_outputs, post_processor_from_metadata
@@ -271,7 +298,7 @@ def _check_parity(trained, images, tmp_path, onnxruntime) -> None:
     # the images reach far beyond the validation range: the old graph clamped them all to one value
     assert float(raw_scores.max()) > float(post.image_max)
 
-    ov_path = trained.to_openvino(export_root=tmp_path / "ov", input_size=(64, 64))
+    ov_path = _with_table(trained, openvino_path, tmp_path / "ov")
     deployed = post_processor_from_metadata(read_metadata(ov_path))
     onnx_outputs = None
     if onnxruntime is not None:
@@ -281,17 +308,19 @@ def _check_parity(trained, images, tmp_path, onnxruntime) -> None:
         outputs = session.run(None, {session.get_inputs()[0].name: images.numpy()})
         onnx_outputs = dict(zip(names, outputs, strict=True))
 
+    inferencer = MultiClassOpenVINOInferencer(path=ov_path, device="CPU", config=FP32)
     for class_index, category in enumerate(CATEGORIES):
         expected = _reference(trained, images, class_index)
         if onnx_outputs is not None:
             _assert_same(per_category_outputs(deployed, onnx_outputs, class_index), expected, f"ONNX, {category}")
-        inferencer = MultiClassOpenVINOInferencer(path=ov_path, device="CPU", config=FP32, category=category)
-        prediction = inferencer.predict(images)
+        prediction = inferencer.predict(images, category=category)
         _assert_same(vars(prediction), expected, f"OpenVINO, {category}")
         assert prediction.category == [category] * len(images)
 
-    # anomalib's own OpenVINOInferencer runs the same export and gets anomalib's fields: PyTorch's outputs for images
-    # of unknown category (global values; MINT-AD: its predicted class), as ``engine.predict`` on a plain folder
+
+def _check_stock_inferencer(trained, images, ov_path) -> None:
+    """anomalib's own OpenVINOInferencer runs the export and gets anomalib's fields: PyTorch's outputs for images of
+    unknown category (global values; MINT-AD: its predicted class), as ``engine.predict`` on a plain folder."""
     from anomalib.deploy import OpenVINOInferencer
 
     with torch.no_grad():
