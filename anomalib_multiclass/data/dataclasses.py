@@ -54,3 +54,33 @@ class MultiClassInferenceBatch(NamedTuple):
     anomaly_map: torch.Tensor | None = None
     pred_mask: torch.Tensor | None = None
     pred_class: torch.Tensor | None = None
+
+
+RAW_OUTPUTS = ("raw_pred_score", "raw_anomaly_map")
+
+
+class ExportBatch(NamedTuple):
+    """What an exported graph of a model without classifier outputs: anomalib's fields plus the raw outputs.
+
+    anomalib's fields carry the global normalisation (the meaning anomalib's own inferencers document); the raw
+    score and map let a deployment that knows the image's category normalise them once with that category's values.
+    """
+
+    pred_score: torch.Tensor
+    pred_label: torch.Tensor | None
+    anomaly_map: torch.Tensor | None
+    pred_mask: torch.Tensor | None
+    raw_pred_score: torch.Tensor
+    raw_anomaly_map: torch.Tensor | None
+
+
+class ClassExportBatch(NamedTuple):
+    """:class:`ExportBatch` of a model that predicts the category: anomalib's fields use that predicted class."""
+
+    pred_score: torch.Tensor
+    pred_label: torch.Tensor | None
+    anomaly_map: torch.Tensor | None
+    pred_mask: torch.Tensor | None
+    pred_class: torch.Tensor
+    raw_pred_score: torch.Tensor
+    raw_anomaly_map: torch.Tensor | None

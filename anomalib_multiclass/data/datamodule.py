@@ -231,8 +231,8 @@ class MultiClassDataModule(AnomalibDataModule):
 
     def _setup(self, _stage: str | None = None) -> None:
         train, test = self.category_samples()
-        if self.verify:
-            verify_images(pd.concat([train, test], ignore_index=True))
+        # every file of every split opened once before training (headers; verify=True: every pixel)
+        verify_images(pd.concat([train, test], ignore_index=True), decode=self.verify)
         task = self._task(test)
         names = self.category_names
         self.train_data = MultiClassDataset(train, names, task=task)

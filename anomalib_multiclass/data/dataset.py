@@ -10,13 +10,13 @@ import pandas as pd
 import torch
 from anomalib import TaskType
 from anomalib.data.datasets.base.image import AnomalibDataset
-from anomalib.data.utils import LabelName, read_image, read_mask
-from PIL import Image as PILImage
+from anomalib.data.utils import LabelName, read_mask
 from PIL import UnidentifiedImageError
 from torchvision.transforms.v2 import Transform
 from torchvision.tv_tensors import Mask
 
 from anomalib_multiclass.data.dataclasses import MultiClassImageBatch, MultiClassImageItem
+from anomalib_multiclass.data.image import ImageTooLargeError, open_image, read_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -35,35 +35,46 @@ def _read(path: str, reader: Callable, what: str) -> torch.Tensor:
     except FileNotFoundError as error:
         msg = f"The {what} file {path} does not exist. Restore it or remove it from the dataset."
         raise FileNotFoundError(msg) from error
+    except ImageTooLargeError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         msg = f"Cannot read the {what} file {path} ({error}). Replace or delete the corrupt file."
         raise CorruptImageError(msg) from error
 
 
-def verify_images(samples: pd.DataFrame) -> None:
-    """Decode every image (and mask) listed in ``samples`` up front; raise naming the first bad file.
+def verify_images(samples: pd.DataFrame, decode: bool = True) -> None:
+    """Open every image (and mask) listed in ``samples`` up front; raise naming the first bad file.
 
-    Also checks that each anomalous image has a mask of the same size.
+    ``decode=False`` reads headers only (cheap: a zero-byte, truncated-header or over-limit file is found before
+    training instead of after an epoch); ``decode=True`` (``verify=True``) decodes every pixel too. Also checks that
+    each anomalous image has a mask of the same size.
     """
     for row in samples.itertuples():
+        sizes = {}
         for path, what in ((row.image_path, "image"), (getattr(row, "mask_path", ""), "mask")):
             if not isinstance(path, str) or not path:
                 continue
             try:
-                with PILImage.open(path) as handle:
-                    handle.verify()
-            except (UnidentifiedImageError, OSError, SyntaxError) as error:
+                with open_image(path) as handle:
+                    sizes[what] = handle.size
+                    if decode:
+                        handle.load()
+            except FileNotFoundError as error:
+                msg = f"The {what} file {path} does not exist. Restore it or remove it from the dataset."
+                raise FileNotFoundError(msg) from error
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+                if isinstance(error, ImageTooLargeError):
+                    raise
                 msg = f"Cannot read the {what} file {path} ({error}). Replace or delete the corrupt file."
                 raise CorruptImageError(msg) from error
         mask_path = getattr(row, "mask_path", "")
-        if row.label_index == LabelName.ABNORMAL and isinstance(mask_path, str) and mask_path:
-            with PILImage.open(row.image_path) as image, PILImage.open(mask_path) as mask:
-                if image.size != mask.size:
-                    msg = (
-                        f"Image {row.image_path} is {image.size[0]}x{image.size[1]} but its mask {mask_path} is "
-                        f"{mask.size[0]}x{mask.size[1]}. Masks must have the size of their image."
-                    )
-                    raise MaskMismatchError(msg)
+        if row.label_index == LabelName.ABNORMAL and "mask" in sizes and sizes["image"] != sizes["mask"]:
+            (width, height), (mask_width, mask_height) = sizes["image"], sizes["mask"]
+            msg = (
+                f"Image {row.image_path} is {width}x{height} but its mask {mask_path} is "
+                f"{mask_width}x{mask_height}. Masks must have the size of their image."
+            )
+            raise MaskMismatchError(msg)
 
 
 class MultiClassDataset(AnomalibDataset):
@@ -112,7 +123,7 @@ class MultiClassDataset(AnomalibDataset):
         row = self.samples.iloc[index]
         image_path, label_index = row.image_path, int(row.label_index)
         mask_path = row.mask_path if isinstance(row.mask_path, str) else ""
-        image = _read(image_path, read_image, "image")
+        image = _read(image_path, read_rgb, "image")
         gt_mask = None
         if self.task == TaskType.SEGMENTATION:
             if label_index == LabelName.NORMAL:

@@ -96,6 +96,7 @@ def read_category_folder(folder: str | Path) -> CategoryFiles:
         images = _images(label_dir, folder, unused)
         image_masks: dict[Path, Path] = {}
         if label_dir.name != "good" and ground_truth.is_dir():
+            _refuse_shared_stems(images, ground_truth / label_dir.name)
             for image in images:
                 key = (label_dir.name, *image.relative_to(label_dir).parent.parts, image.stem)
                 found = masks.pop(key, [])
@@ -113,6 +114,19 @@ def read_category_folder(folder: str | Path) -> CategoryFiles:
         unused += [(path, "a mask without its anomalous image in test/<defect>") for path in paths]
     test = pd.DataFrame(rows, columns=COLUMNS)
     return CategoryFiles(train=train, test=test, unused=sorted(unused))
+
+
+def _refuse_shared_stems(images: list[Path], masks_folder: Path) -> None:
+    """Two images that differ only by extension (``000.jpg``, ``000.png``) would share the mask ``000_mask.png``."""
+    seen: dict[Path, Path] = {}
+    for image in images:
+        other = seen.setdefault(image.with_suffix(""), image)
+        if other != image:
+            msg = (
+                f"{other} and {image} have the same name {image.stem!r}: the mask {masks_folder / image.stem}"
+                f"{MASK_SUFFIX}.png cannot tell them apart. Rename one of them (and its mask)."
+            )
+            raise MaskMismatchError(msg)
 
 
 def _mask_index(ground_truth: Path, base: Path, unused: list[tuple[Path, str]]) -> dict[tuple[str, ...], list[Path]]:

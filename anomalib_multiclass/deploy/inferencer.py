@@ -1,11 +1,14 @@
 """anomalib's ``OpenVINOInferencer`` for multi-class models.
 
 Export writes ``multiclass_metadata.json`` next to the model file: the ordered category names the model was
-trained on and the per-category thresholds/normalisation of the class-aware post-processor. anomalib's
-inferencer builds its result from the model outputs by name and refuses names it does not know, so the exported
-IR has anomalib's outputs only and keeps MINT-AD's ``pred_class`` as a named tensor inside the graph (listed in
-the metadata as ``hidden_outputs``). This subclass makes it an output again, returns it with its category name
-and, for a model without a classifier, applies a given category's threshold.
+trained on and the per-category thresholds/normalisation of the class-aware post-processor. The exported graph
+outputs anomalib's fields (``pred_score``, ``pred_label``, ``anomaly_map``, ``pred_mask``: normalised with the
+global values, or with the class MINT-AD predicts) and, as named tensors, MINT-AD's ``pred_class`` and the raw
+score and map (``raw_pred_score``, ``raw_anomaly_map``). anomalib's inferencer builds its result from the outputs
+by name and refuses names it does not know, so the IR keeps those as tensors inside the graph, not as outputs
+(listed in the metadata as ``hidden_outputs``). This subclass makes them outputs again, returns ``pred_class`` with
+its category name and, given ``category=``, normalises the raw outputs once with that category's values: the
+scores, labels and maps PyTorch gives for images of that category.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from anomalib.data import InferenceBatch, NumpyImageBatch
 from anomalib.deploy import OpenVINOInferencer, TorchInferencer
 
 from anomalib_multiclass.category_map import METADATA_FILE, read_metadata
-from anomalib_multiclass.data.dataclasses import MultiClassImageBatch
+from anomalib_multiclass.data.dataclasses import RAW_OUTPUTS, MultiClassImageBatch
+from anomalib_multiclass.data.image import as_rgb_array, read_rgb, to_rgb_array
 from anomalib_multiclass.post_processing import ClassAwarePostProcessor
 
 logger = logging.getLogger(__name__)
@@ -80,19 +84,10 @@ class MultiClassOpenVINOInferencer(OpenVINOInferencer):
         self, path: str | Path, device: str | None = "AUTO", config: dict | None = None, category: str | None = None
     ) -> None:
         super().__init__(path=path, device=device, config=config)
+        self.path = Path(path)
         self.metadata = read_metadata(path)
         self.category_names: list[str] = self.metadata.get("category_names") or []
-        if category is not None and not self.category_names:
-            msg = (
-                f"Category {category!r} given, but {Path(path).parent / METADATA_FILE} (the category names and "
-                "thresholds written at export) is missing. Export the model with anomalib-multiclass and keep that "
-                "file next to it."
-            )
-            raise FileNotFoundError(msg)
-        if category is not None and category not in self.category_names:
-            msg = f"Category {category!r} was not seen in training. The model knows {self.category_names}."
-            raise ValueError(msg)
-        self.category = category
+        self.category = self._checked_category(category)
         self._post_processor: ClassAwarePostProcessor | None = None
 
     def load_model(self, path: str | Path | tuple[bytes, bytes]) -> tuple[Any, Any, Any]:
@@ -112,32 +107,66 @@ class MultiClassOpenVINOInferencer(OpenVINOInferencer):
         compiled = core.compile_model(model=model, device_name=self.device, config=self.config)
         return compiled.input(0), compiled.output(0), compiled
 
-    def predict(self, image: Any) -> NumpyImageBatch:
-        """Run the model; keep ``pred_class`` (and its name) next to anomalib's fields."""
-        if isinstance(image, torch.Tensor):
-            image = image.cpu().numpy()
-        if isinstance(image, (str, Path)):
-            from anomalib.data.utils import read_image
+    def _checked_category(self, category: str | None) -> str | None:
+        if category is not None and not self.category_names:
+            msg = (
+                f"Category {category!r} given, but {self.path.parent / METADATA_FILE} (the category names and "
+                "thresholds written at export) is missing. Export the model with anomalib-multiclass and keep that "
+                "file next to it."
+            )
+            raise FileNotFoundError(msg)
+        if category is not None and category not in self.category_names:
+            msg = f"Category {category!r} was not seen in training. The model knows {self.category_names}."
+            raise ValueError(msg)
+        return category
 
-            image = read_image(image, as_tensor=False)
+    def predict(self, image: Any, category: str | None = None) -> NumpyImageBatch:
+        """Run the model; keep ``pred_class`` (and its name); with a category, that category's normalisation.
+
+        ``image``: a path (any bit depth and mode, read with its full range), a PIL image, or an array or tensor
+        (``H x W`` grayscale, ``H x W x 3``, ``N x H x W x 3`` or ``N x 3 x H x W``; integers scaled by their type's
+        range, floats taken as [0, 1]). ``category``: the images' category for this call (default: the inferencer's).
+        """
+        category = self._checked_category(category) or self.category
+        image = _as_model_input(image)
         image = self.pre_process(image)
         outputs = self.post_process(self.model({self.input_blob.any_name: image}))
         pred_class = outputs.pop("pred_class", None)
-        if pred_class is None and self.category is not None:
-            outputs.update(self._class_thresholds(outputs, self.category_names.index(self.category)))
+        raw = {name: outputs.pop(name) for name in RAW_OUTPUTS if name in outputs}
+        if category is not None:
+            if "raw_pred_score" not in raw:
+                msg = (
+                    f"{self.path} has no raw outputs ({', '.join(RAW_OUTPUTS)}): it was exported by an older "
+                    "anomalib-multiclass, whose per-category scores were approximate. Export the model again."
+                )
+                raise ValueError(msg)
+            outputs.update(self._category_outputs(raw, self.category_names.index(category)))
         batch = NumpyImageBatch(image=image, **outputs)
         batch.pred_class = pred_class
-        if pred_class is not None and self.category_names:
+        if category is not None:
+            batch.category = [category] * len(np.asarray(outputs["pred_score"]).reshape(-1))
+        elif pred_class is not None and self.category_names:
             batch.category = [self.category_names[int(i)] for i in np.asarray(pred_class).reshape(-1)]
-        elif self.category is not None:
-            batch.category = [self.category] * len(np.asarray(outputs["pred_score"]).reshape(-1))
         return batch
 
-    def _class_thresholds(self, outputs: dict[str, np.ndarray], class_index: int) -> dict[str, np.ndarray]:
-        """Re-normalise and re-threshold the exported (globally post-processed) outputs for one category."""
+    def _category_outputs(self, raw: dict[str, np.ndarray], class_index: int) -> dict[str, np.ndarray]:
+        """Scores, labels, maps and masks of one category from the graph's raw outputs."""
         if self._post_processor is None:
             self._post_processor = post_processor_from_metadata(self.metadata)
-        return per_category_outputs(self._post_processor, outputs, class_index)
+        return per_category_outputs(self._post_processor, raw, class_index)
+
+
+def _as_model_input(image: Any) -> np.ndarray:
+    """Any image the inferencers take as a float32 array in [0, 1] (anomalib's ``pre_process`` does the layout)."""
+    from PIL.Image import Image as PILImage
+
+    if isinstance(image, (str, Path)):
+        return read_rgb(image, as_tensor=False)
+    if isinstance(image, PILImage):
+        return to_rgb_array(image)
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    return as_rgb_array(image)
 
 
 def post_processor_from_metadata(metadata: dict[str, Any]) -> ClassAwarePostProcessor:
@@ -148,21 +177,22 @@ def post_processor_from_metadata(metadata: dict[str, Any]) -> ClassAwarePostProc
 
 
 def per_category_outputs(
-    post_processor: ClassAwarePostProcessor, outputs: dict[str, np.ndarray], class_index: int
+    post_processor: ClassAwarePostProcessor, raw: dict[str, np.ndarray], class_index: int | np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Scores, maps, labels and masks of one category from a graph's globally normalised outputs.
+    """``pred_score``, ``pred_label``, ``anomaly_map``, ``pred_mask`` from an exported graph's raw outputs.
 
-    The post-processor's own maths: undo the global normalisation, then apply the category's range and threshold.
+    ``raw``: the graph's ``raw_pred_score`` (and ``raw_anomaly_map``); ``class_index``: the images' category, one for
+    all or one per image. The post-processor's own maths, applied once on raw values: exactly what PyTorch gives.
     """
-    score = torch.as_tensor(np.asarray(outputs["pred_score"], dtype=np.float32)).reshape(-1)
-    raw_score = post_processor.undo_global_normalization(score, "image")
-    raw_map = None
-    if outputs.get("anomaly_map") is not None:
-        anomaly_map = torch.as_tensor(np.asarray(outputs["anomaly_map"], dtype=np.float32))
-        raw_map = post_processor.undo_global_normalization(anomaly_map, "pixel")
-    applied = post_processor.apply(raw_score, raw_map, class_index)
-    return {key: value.numpy().reshape(np.shape(outputs[key]) if key in outputs else value.shape)
-            for key, value in applied.items() if value is not None}  # fmt: skip
+    score = torch.as_tensor(np.asarray(raw["raw_pred_score"], dtype=np.float32))
+    raw_map = raw.get("raw_anomaly_map")
+    anomaly_map = None if raw_map is None else torch.as_tensor(np.asarray(raw_map, dtype=np.float32))
+    classes = torch.as_tensor(np.asarray(class_index)).reshape(-1)
+    applied = post_processor.apply(score.reshape(-1), anomaly_map, classes if classes.numel() > 1 else int(classes))
+    shapes = {"pred_score": score.shape, "pred_label": score.shape}
+    return {
+        key: value.numpy().reshape(shapes.get(key, value.shape)) for key, value in applied.items() if value is not None
+    }
 
 
 class MultiClassTorchInferencer(TorchInferencer):
@@ -173,14 +203,11 @@ class MultiClassTorchInferencer(TorchInferencer):
 
     def predict(self, image: Any) -> MultiClassImageBatch:
         """Run the exported torch model on one image (path, array or tensor)."""
-        from anomalib.data.utils import read_image
-        from PIL.Image import Image as PILImage
-        from torchvision.transforms.v2.functional import to_dtype, to_image
-
-        if isinstance(image, (str, Path)):
-            image = read_image(image, as_tensor=True)
-        elif isinstance(image, (np.ndarray, PILImage)):
-            image = to_dtype(to_image(image), torch.float32, scale=True)
+        if not isinstance(image, torch.Tensor) or image.dtype != torch.float32:
+            array = _as_model_input(image)
+            image = torch.from_numpy(np.ascontiguousarray(array))
+            if image.shape[-1] == 3:  # channels last: to N x 3 x H x W
+                image = image.movedim(-1, -3)
         image = self.pre_process(image)
         predictions = self.model(image)
         return MultiClassImageBatch(image=image, **predictions._asdict())

@@ -18,8 +18,10 @@ fixed-size pixel histogram per category, no copy of the maps), summed over all D
 distributed sampler's padding is never folded in), so thresholds do not depend on the number of processes.
 
 The per-class values are buffers, saved in checkpoints (their size comes back from the checkpoint) and baked into
-exported graphs: an exported model that outputs ``pred_class`` thresholds per class by itself; for the others the
-exported graph applies the global values and ``per_class_thresholds()`` gives the table to apply given the category.
+exported graphs. An exported graph outputs anomalib's fields (normalised with the predicted class for a model that
+outputs ``pred_class``, with the global values otherwise: what anomalib's own inferencers read) and the raw score
+and map (``raw_pred_score``, ``raw_anomaly_map``); a deployment that knows the image's category normalises those
+raw outputs once with :meth:`apply` and the table of :meth:`per_class_thresholds`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from anomalib.metrics import F1AdaptiveThreshold
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
 
-from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
+from anomalib_multiclass.data.dataclasses import ClassExportBatch, ExportBatch, MultiClassInferenceBatch
 from anomalib_multiclass.statistics import DyadicHistogram, StreamingStatistics
 from anomalib_multiclass.statistics.shared import batch_key, validation_statistics
 from anomalib_multiclass.utils.distributed import on_this_process
@@ -219,8 +221,15 @@ class ClassAwarePostProcessor(PostProcessor):
         batch.anomaly_map = self._normalize_maps(batch.anomaly_map, classes)
         batch.pred_score = self._normalize_scores(batch.pred_score, classes)
 
-    def forward(self, predictions: InferenceBatch | MultiClassInferenceBatch) -> MultiClassInferenceBatch:
-        """Exported path: per-class values when the model outputs ``pred_class``, global values otherwise."""
+    # set while the model is traced for ONNX/OpenVINO: the graph then also outputs the raw score and map
+    export_raw_outputs: bool = False
+
+    def forward(self, predictions: InferenceBatch | MultiClassInferenceBatch) -> Any:
+        """Exported path: per-class values when the model outputs ``pred_class``, global values otherwise.
+
+        While exporting (``export_raw_outputs``) the raw score and map are outputs too, so that a deployment told the
+        category applies that category's values once, on raw values (never undoing a clamped normalisation).
+        """
         if predictions.pred_score is None and predictions.anomaly_map is None:
             msg = "At least one of pred_score or anomaly_map must be provided."
             raise ValueError(msg)
@@ -231,6 +240,7 @@ class ClassAwarePostProcessor(PostProcessor):
             else torch.amax(predictions.anomaly_map, dim=(-2, -1))
         )
         anomaly_map = predictions.anomaly_map
+        raw = {"raw_pred_score": pred_score, "raw_anomaly_map": anomaly_map}
         if self.enable_normalization:
             pred_score = self._normalize_scores(pred_score, classes)
             anomaly_map = self._normalize_maps(anomaly_map, classes)
@@ -244,6 +254,10 @@ class ClassAwarePostProcessor(PostProcessor):
             "anomaly_map": anomaly_map,
             "pred_mask": pred_mask,
         }
+        if self.export_raw_outputs and self.enable_normalization:
+            if classes is None:
+                return ExportBatch(**fields, **raw)
+            return ClassExportBatch(**fields, pred_class=classes, **raw)
         if classes is None:  # anomalib's own type: its TorchInferencer builds an ImageBatch from every field
             return InferenceBatch(**fields)
         return MultiClassInferenceBatch(**fields, pred_class=classes)
@@ -285,29 +299,19 @@ class ClassAwarePostProcessor(PostProcessor):
                     getattr(post_processor, f"class_{name}")[index] = value
         return post_processor
 
-    def undo_global_normalization(self, values: torch.Tensor, level: str) -> torch.Tensor:
-        """Raw values from globally normalised ones (what the exported graph of a model without classifier outputs).
+    def apply(
+        self, pred_score: torch.Tensor, anomaly_map: torch.Tensor | None, class_index: int | torch.Tensor | None
+    ) -> dict:
+        """Normalise and threshold raw outputs (e.g. an exported model's ``raw_*``) once, with each image's class.
 
-        Exact where the normalised value lies strictly between 0 and 1; values the graph clamped to 0 or 1 come back
-        as the end of the range they were clamped at (a log line says so).
+        ``class_index``: one class for every image, one per image, or ``None`` (the global values).
         """
-        low, high = getattr(self, f"{level}_min"), getattr(self, f"{level}_max")
-        threshold = self.image_threshold if level == "image" else self.pixel_threshold
-        if torch.isnan(low) or torch.isnan(high):
-            return values
-        threshold = torch.where(torch.isnan(threshold), (high + low) / 2, threshold)
-        if not getattr(self, "_told_clamped", False) and bool(((values <= 0) | (values >= 1)).any()):
-            self._told_clamped = True
-            logger.info(
-                "Some %s values were clamped to [0, 1] by the exported graph's global normalisation: their "
-                "per-category values are approximate (the clamped end of the global range).",
-                level,
-            )
-        return (values - 0.5) * (high - low) + threshold
-
-    def apply(self, pred_score: torch.Tensor, anomaly_map: torch.Tensor | None, class_index: int | None) -> dict:
-        """Normalise and threshold raw outputs (e.g. of an exported model) for images of one known class."""
-        classes = None if class_index is None else torch.full(pred_score.shape[:1], class_index, dtype=torch.long)
+        if class_index is None:
+            classes = None
+        elif isinstance(class_index, torch.Tensor) and class_index.numel() > 1:
+            classes = class_index.long().reshape(-1)
+        else:
+            classes = torch.full(pred_score.shape[:1], int(class_index), dtype=torch.long)
         score = self._normalize_scores(pred_score, classes)
         amap = self._normalize_maps(anomaly_map, classes)
         return {

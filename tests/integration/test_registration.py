@@ -26,10 +26,12 @@ def test_unrelated_programs_do_not_import_torch_or_anomalib():
 def test_get_model_by_short_name_and_by_class_path():
     out = _run(
         "from anomalib.models import get_model, list_models\n"
-        "a = get_model('uniad', pre_trained=False, backbone='tf_efficientnet_lite0', input_size=(64, 64))\n"
+        "a = get_model('uniad', pre_trained=False, backbone='tf_efficientnet_lite0', input_size=(64, 64),"
+        " neighbor_size=3)\n"
         "b = get_model({'class_path': 'anomalib_multiclass.models.UniAD', 'init_args': "
-        "{'pre_trained': False, 'backbone': 'tf_efficientnet_lite0', 'input_size': [64, 64]}})\n"
-        "c = get_model({'class_path': 'UniAD', 'init_args': {'pre_trained': False, 'input_size': [64, 64]}})\n"
+        "{'pre_trained': False, 'backbone': 'tf_efficientnet_lite0', 'input_size': [64, 64], 'neighbor_size': 3}})\n"
+        "c = get_model({'class_path': 'UniAD', 'init_args': {'pre_trained': False, 'input_size': [64, 64],"
+        " 'neighbor_size': 3}})\n"
         "print(type(a).__name__, type(b).__name__, type(c).__name__, 'uni_a_d' in list_models())"
     )
     assert out == "UniAD UniAD UniAD True"

@@ -144,9 +144,10 @@ def test_anomalib_finds_the_models_by_short_name_after_pip_install(installed, ed
     venv, _, workdir = installed(editable)
     code = (
         "from anomalib.models import get_model\n"
-        "a = get_model('uniad', pre_trained=False, backbone='tf_efficientnet_lite0', input_size=(64, 64))\n"
+        "a = get_model('uniad', pre_trained=False, backbone='tf_efficientnet_lite0', input_size=(64, 64),"
+        " neighbor_size=3)\n"
         "b = get_model({'class_path': 'UniAD', 'init_args': "
-        "{'pre_trained': False, 'backbone': 'tf_efficientnet_lite0', 'input_size': [64, 64]}})\n"
+        "{'pre_trained': False, 'backbone': 'tf_efficientnet_lite0', 'input_size': [64, 64], 'neighbor_size': 3}})\n"
         "print(type(a).__module__.split('.')[0], type(b).__name__)"
     )
     assert _run(venv, ["-c", code], workdir) == "anomalib_multiclass UniAD"

@@ -142,10 +142,29 @@ def test_corrupt_image_is_named(synthetic_root, tmp_path):
     bad.write_bytes(b"not a png at all")
     with pytest.raises(CorruptImageError, match=r"001\.png"):
         _datamodule(root, verify=True)
-    datamodule = _datamodule(root)
-    index = datamodule.train_data.samples.index[datamodule.train_data.samples.image_path == str(bad)][0]
-    with pytest.raises(CorruptImageError, match=re.escape(str(bad))):
-        datamodule.train_data[index]
+
+
+def test_every_split_is_opened_before_training(synthetic_root, tmp_path):
+    """Issue 25: a bad test image is named at setup (headers of every split), not after a training epoch."""
+    root = _copy(synthetic_root, tmp_path)
+    empty = sorted((root / "coffee" / "test").rglob("*.png"))[-1]
+    empty.write_bytes(b"")
+    with pytest.raises(CorruptImageError, match=re.escape(str(empty))):
+        _datamodule(root)
+
+
+def test_verify_decodes_every_pixel(synthetic_root, tmp_path):
+    """A file whose header reads but whose pixels are cut off passes the header check; ``verify=True`` finds it."""
+    root = _copy(synthetic_root, tmp_path)
+    truncated = sorted((root / "brick" / "test" / "good").glob("*.png"))[0]
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    datamodule = _datamodule(root)  # headers only: fine
+    samples = datamodule.test_data.samples
+    index = samples.index[samples.image_path == str(truncated)][0]
+    with pytest.raises(CorruptImageError, match=re.escape(str(truncated))):
+        datamodule.test_data[index]
+    with pytest.raises(CorruptImageError, match=re.escape(str(truncated))):
+        _datamodule(root, verify=True)
 
 
 def test_anomalous_image_without_mask_is_named(synthetic_root, tmp_path):
@@ -162,11 +181,8 @@ def test_mask_size_mismatch_names_both_files(synthetic_root, tmp_path):
     Image.fromarray(np.zeros((10, 12), dtype=np.uint8)).save(mask)
     with pytest.raises(MaskMismatchError, match=mask.name):
         _datamodule(root, verify=True)
-    datamodule = _datamodule(root)
-    samples = datamodule.test_data.samples
-    index = samples.index[samples.mask_path == str(mask)][0]
-    with pytest.raises(MaskMismatchError, match=mask.name):
-        datamodule.test_data[index]
+    with pytest.raises(MaskMismatchError, match=mask.name):  # headers are read without verify too
+        _datamodule(root)
 
 
 def test_grayscale_and_rgba_images_load_as_rgb(synthetic_root, tmp_path):

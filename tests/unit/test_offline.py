@@ -93,7 +93,7 @@ def test_cli_offline_error_and_backbone_weights_argument(pretrained_lite0, synth
         AnomalibCLI(["fit", "--model", "UniAD", *data], run=False)
     cli = AnomalibCLI(
         ["fit", "--model", "UniAD", "--model.backbone", "tf_efficientnet_lite0", "--model.input_size", "[64,64]",
-         "--model.backbone_weights", str(pretrained_lite0), *data],
+         "--model.neighbor_size", "3", "--model.backbone_weights", str(pretrained_lite0), *data],
         run=False,
     )  # fmt: skip
     assert cli.model.hparams.backbone_weights == str(pretrained_lite0)

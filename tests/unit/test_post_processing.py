@@ -90,8 +90,8 @@ def test_per_class_values_survive_a_state_dict_round_trip():
 
 
 def test_deploy_per_category_path_is_the_post_processor_maths():
-    """The OpenVINO inferencer's `category=` path: globally normalised graph outputs, re-normalised for one category,
-    equal the PyTorch post-processor applied to the raw scores of that category."""
+    """The OpenVINO inferencer's `category=` path: the graph's raw outputs, normalised once for one category, equal
+    the PyTorch post-processor applied to the raw scores of that category, also far beyond the validation range."""
     from anomalib_multiclass.deploy.inferencer import per_category_outputs, post_processor_from_metadata
 
     post_processor = ClassAwarePostProcessor(num_classes=2, image_sensitivity=0.4)
@@ -104,11 +104,10 @@ def test_deploy_per_category_path_is_the_post_processor_maths():
     }
     deployed = post_processor_from_metadata(metadata)
     assert deployed.image_sensitivity == 0.4
-    raw = torch.tensor([0.3, 0.65, 4.5, 5.1])
-    graph = post_processor(SimpleNamespace(pred_score=raw, anomaly_map=None))  # the exported graph: global values
-    assert bool(((graph.pred_score > 0) & (graph.pred_score < 1)).all())  # not clamped: the inverse is exact
+    raw = torch.tensor([0.3, 0.65, 4.5, 5.1, 40.0, -7.0])
     for class_index in (0, 1):
         expected = post_processor.apply(raw, None, class_index)
-        got = per_category_outputs(deployed, {"pred_score": graph.pred_score.numpy()}, class_index)
+        got = per_category_outputs(deployed, {"raw_pred_score": raw.numpy()}, class_index)
         np.testing.assert_allclose(got["pred_score"], expected["pred_score"].numpy(), atol=1e-5)
         assert got["pred_label"].tolist() == expected["pred_label"].tolist()
+    assert not hasattr(post_processor, "undo_global_normalization")  # no clamp-then-undo path left

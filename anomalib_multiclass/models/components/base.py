@@ -32,6 +32,15 @@ from anomalib_multiclass.category_map import (
     write_metadata,
 )
 from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
+from anomalib_multiclass.models.components.checks import (
+    MODEL_CLASS_KEY,
+    CheckpointModelError,
+    check_checkpoint_model,
+    check_optimizer_arguments,
+    checkpoint_arguments,
+    raw_export_outputs,
+    refuse_existing_export,
+)
 
 if TYPE_CHECKING:
     from anomalib.data import Batch
@@ -186,7 +195,9 @@ class MultiClassMixin:
         gives the same model without the noise; ``opset_version=...`` still overrides it.
         """
         kwargs.setdefault("opset_version", ONNX_OPSET_VERSION)
-        path = super().to_onnx(*args, **kwargs)  # type: ignore[misc]
+        refuse_existing_export(args[0] if args else kwargs.get("export_root"), "onnx", (".onnx",), args, kwargs)
+        with raw_export_outputs(getattr(self, "post_processor", None)):
+            path = super().to_onnx(*args, **kwargs)  # type: ignore[misc]
         self._write_export_metadata(path)
         return path
 
@@ -194,14 +205,22 @@ class MultiClassMixin:
         """Anomalib's OpenVINO export that anomalib's own ``OpenVINOInferencer`` runs, plus the metadata file.
 
         anomalib's inferencer makes a ``NumpyImageBatch`` of every model output and fails on a field it does not
-        know, so outputs beyond anomalib's (MINT-AD's ``pred_class``) stay in the graph as named tensors but not
-        as outputs; the metadata lists them (``hidden_outputs``) and ``MultiClassOpenVINOInferencer`` reads them.
+        know, so outputs beyond anomalib's (MINT-AD's ``pred_class``, the raw ``raw_pred_score``/``raw_anomaly_map``)
+        stay in the graph as named tensors but not as outputs; the metadata lists them (``hidden_outputs``) and
+        ``MultiClassOpenVINOInferencer`` reads them.
         """
         from anomalib_multiclass.deploy.inferencer import hide_extra_outputs
 
+        root = args[0] if args else kwargs.get("export_root")
+        refuse_existing_export(root, "openvino", (".xml", ".bin"), args, kwargs)
         path = super().to_openvino(*args, **kwargs)  # type: ignore[misc]
         self._write_export_metadata(path, hidden_outputs=hide_extra_outputs(path))
         return path
+
+    def to_torch(self, *args: Any, **kwargs: Any) -> Path:
+        """The torch export of anomalib, refused where it would replace an earlier export."""
+        refuse_existing_export(args[0] if args else kwargs.get("export_root"), "torch", (".pt",), args, kwargs)
+        return super().to_torch(*args, **kwargs)  # type: ignore[misc]
 
     def _compress_ov_model(
         self,
@@ -240,6 +259,8 @@ class MultiClassMixin:
                 check_category_names(self.category_names, names)
         self._sync_post_processor()
         self._check_pre_processor_size()
+        if stage == "fit":
+            check_optimizer_arguments(self)
         super().setup(stage)  # type: ignore[misc]
 
     def _check_pre_processor_size(self) -> None:
@@ -274,9 +295,20 @@ class MultiClassMixin:
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[misc]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the category map with the weights."""
+        """Store the category map and the model's class name with the weights."""
         super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
         checkpoint[CATEGORY_NAMES_KEY] = self.category_names
+        checkpoint[MODEL_CLASS_KEY] = type(self).__name__
+
+    @classmethod
+    def checkpoint_arguments(cls, saved: dict[str, Any]) -> dict[str, Any]:
+        """The constructor arguments of a checkpoint's hyper-parameters that shape the network (sizes, backbone...)."""
+        return checkpoint_arguments(cls, saved, excluded={*_COMPONENTS, *_NO_WEIGHT_EFFECT})
+
+    @classmethod
+    def check_checkpoint_model(cls, checkpoint: dict[str, Any], where: str = "The checkpoint") -> None:
+        """Refuse a checkpoint of another model, naming the model it holds and the option that loads it."""
+        check_checkpoint_model(cls, checkpoint, [*MultiClassMixin.__subclasses__()], where)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the category map saved with the weights and check the attached data against it.
@@ -284,6 +316,7 @@ class MultiClassMixin:
         Lightning runs ``setup`` (which takes the datamodule's order into a fresh model) before it restores a
         ``ckpt_path``, so the datamodule is checked here again, against the checkpoint's map.
         """
+        self.check_checkpoint_model(checkpoint)
         self._adopt_checkpoint_arguments(checkpoint.get("hyper_parameters") or {})
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
         names = checkpoint.get(CATEGORY_NAMES_KEY)
@@ -301,11 +334,8 @@ class MultiClassMixin:
         checkpoint's hyper-parameters say how it was built; the network (every sub-module but anomalib's
         components) and the attributes named after arguments are taken from a model built with them.
         """
-        import inspect
-
-        accepted = set(inspect.signature(type(self).__init__).parameters) - set(_COMPONENTS) - _NO_WEIGHT_EFFECT
         current = dict(getattr(self, "hparams", {}))
-        arguments = {key: value for key, value in saved.items() if key in accepted}
+        arguments = self.checkpoint_arguments(saved)
         differing = {key: value for key, value in arguments.items() if _plain(current.get(key)) != _plain(value)}
         if not differing:
             return
@@ -353,6 +383,7 @@ def as_multiclass_batch(batch: Batch) -> Batch:
 __all__ = [
     "CATEGORY_NAMES_KEY",
     "CategoryMismatchError",
+    "CheckpointModelError",
     "MultiClassInferenceBatch",
     "MultiClassMixin",
     "as_multiclass_batch",

@@ -35,10 +35,27 @@ def timm_feature_extractor(
     except Exception as error:
         if pre_trained and weights is None and _is_download_error(error):
             raise MissingBackboneWeightsError(missing_weights_message(backbone, error)) from error
+        if isinstance(error, (IndexError, KeyError, ValueError)):
+            raise ValueError(layers_message(backbone, layers, error)) from error
         raise
     if weights is not None:
         load_backbone_weights(extractor.feature_extractor, weights)
     return extractor
+
+
+def layers_message(backbone: str, layers: Sequence[int | str], error: BaseException) -> str:
+    """Which stages ``backbone`` has, for a ``layers`` value timm cannot select (its own error is an index error)."""
+    import timm
+
+    try:
+        stages = len(timm.create_model(backbone, features_only=True, pretrained=False).feature_info)
+    except Exception:  # the message stays useful without the count
+        stages = None
+    known = f"stages 0 to {stages - 1}" if stages else "fewer stages"
+    return (
+        f"layers={list(layers)} does not fit backbone {backbone!r}, which has {known} ({error!r}). Choose layers "
+        f'among those (command line: --model.layers "[...]"), or another backbone.'
+    )
 
 
 def load_backbone_weights(model: nn.Module, weights: str | Path) -> None:

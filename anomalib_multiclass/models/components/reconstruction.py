@@ -81,6 +81,7 @@ class ReconstructionTransformer(nn.Module):
             raise ValueError(msg)
         self.neighbor_mask_in = tuple(neighbor_mask_in)
         # True = may attend: everything outside the token's k × k neighbourhood (itself included).
+        check_neighbor_size(neighbor_size, (height, width))
         allowed = ~neighbor_mask(height, width, neighbor_size) if neighbor_size else torch.ones(tokens, tokens).bool()
         self.register_buffer("allowed", allowed, persistent=False)
         xavier_init_linears(self)  # the official code's initializer
@@ -110,3 +111,26 @@ class ReconstructionTransformer(nn.Module):
                 previous_allowed=self._mask("decoder_previous"),
             )
         return self.output_proj(self.decoder_norm(out))
+
+
+def check_neighbor_size(neighbor_size: int | None, grid: tuple[int, int]) -> None:
+    """Refuse a neighbourhood that leaves some token nothing to attend to on this token grid (or is negative).
+
+    A window at least as large as the grid masks every token for the tokens at its centre: their attention has no
+    key left, and the mask then either yields NaN or is dropped (masking nothing). Neither is UniAD's model.
+    """
+    if not neighbor_size:
+        return
+    height, width = grid
+    largest = next(
+        (k for k in range(max(height, width) * 2 + 1, 0, -1) if (~neighbor_mask(height, width, k)).any(dim=1).all()),
+        0,
+    )
+    if neighbor_size < 0 or neighbor_size > largest:
+        usable = f"1 to {largest}" if largest else "none: the grid is too small for a neighbourhood mask"
+        msg = (
+            f"neighbor_size={neighbor_size} does not fit the {height} x {width} token grid (input_size / the "
+            f"backbone's stride): a window that large masks every token for some tokens. Usable sizes: {usable}; "
+            "0 turns the mask off, a larger input_size gives a larger grid (command line: --model.neighbor_size)."
+        )
+        raise ValueError(msg)
