@@ -65,7 +65,9 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
             array = array[..., :3]
         gray = np.clip(array / _scale_of(array, image.mode), 0.0, 1.0).astype(np.float32)
         return np.repeat(gray[..., None], 3, axis=-1) if gray.ndim == 2 else gray
-    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    # times 1/255 in float32, as torchvision's ``to_dtype(scale=True)`` in anomalib's ``read_image``: bit-for-bit the
+    # input anomalib gives its own models (dividing by 255 differs in the last bit for a third of the values)
+    return np.asarray(image.convert("RGB"), dtype=np.float32) * np.float32(1 / 255)
 
 
 def read_rgb(path: str | Path, as_tensor: bool = True) -> torch.Tensor | np.ndarray:

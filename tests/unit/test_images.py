@@ -91,3 +91,14 @@ def test_the_decompression_limit_names_the_file_and_the_fix(tmp_path, monkeypatc
         read_rgb(path)
     monkeypatch.setenv("ANOMALIB_MULTICLASS_MAX_IMAGE_PIXELS", "0")
     assert read_rgb(path).shape == (3, 64, 64)
+
+
+def test_an_8_bit_image_reads_bit_for_bit_as_anomalib_reads_it(tmp_path):
+    """The same input tensor as anomalib's own ``read_image``: no last-bit differences that move training."""
+    from anomalib.data.utils import read_image
+
+    from anomalib_multiclass.data.image import read_rgb
+
+    path = tmp_path / "rgb.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(path)
+    assert torch.equal(read_rgb(path), read_image(str(path), as_tensor=True))
