@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from collections.abc import Sized
+from typing import Any, cast
 
 import torch
 
@@ -90,7 +91,7 @@ def real_samples(trainer: Any, stage: str) -> int | None:
         return None
     if type(sampler).__name__.startswith("Unrepeated") or sampler.drop_last:
         return None
-    size = len(sampler.dataset)  # type: ignore[arg-type]
+    size = len(cast(Sized, sampler.dataset))
     return max(0, math.ceil((size - sampler.rank) / sampler.num_replicas))
 
 
