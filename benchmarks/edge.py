@@ -36,9 +36,9 @@ from benchmarks.run import (
     Row,
     _built_models,
     _datamodule,
-    _fmt,
     _our_model,
     _proxy_input,
+    _table,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -225,18 +225,6 @@ def measure_model(
     for info in result["exports"].values():
         info.pop("path", None)
     return result
-
-
-def _table(rows: list[Row]) -> str:
-    """``benchmarks.run``'s table, with text cells (``3/40``) as they are."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row.values if c not in columns]
-    lines = ["| model | setting | " + " | ".join(columns) + " | note |", "|" + "---|" * (len(columns) + 3)]
-    for row in rows:
-        cells = [v if isinstance(v := row.values.get(c), str) else _fmt(v) for c in columns]
-        lines.append(f"| {row.name} | {row.setting} | " + " | ".join(cells) + f" | {row.note} |")
-    return "\n".join(lines)
 
 
 def _worst_category_drop(values: dict, fp32: dict) -> float:

@@ -604,7 +604,7 @@ def _table(rows: list[Row]) -> str:
         columns += [c for c in row.values if c not in columns]
     lines = ["| model | setting | " + " | ".join(columns) + " | note |", "|" + "---|" * (len(columns) + 3)]
     for row in rows:
-        cells = [_fmt(row.values.get(c)) for c in columns]
+        cells = [v if isinstance(v := row.values.get(c), str) else _fmt(v) for c in columns]  # text as it is
         lines.append(f"| {row.name} | {row.setting} | " + " | ".join(cells) + f" | {row.note} |")
     return "\n".join(lines)
 

@@ -27,21 +27,14 @@ def current_command(argv: list[str] | None = None) -> str:
 
 def package_commit() -> str:
     """The package's git commit (``+dirty`` with uncommitted changes), else its installed version."""
+
+    def git(*args: str) -> str:
+        command = ["git", "-C", str(PACKAGE_DIR), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(PACKAGE_DIR), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(PACKAGE_DIR), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
         return f"{commit}+dirty" if dirty else commit
     except (OSError, subprocess.SubprocessError):
         from importlib.metadata import PackageNotFoundError, version
