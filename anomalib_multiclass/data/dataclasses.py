@@ -17,13 +17,16 @@ from anomalib.data.dataclasses.torch import ImageBatch, ImageItem
 class MultiClassImageItem(ImageItem):
     """One image with its category name and the integer index of that category.
 
-    ``pred_class`` is filled by models that predict the category.
+    ``pred_class`` is filled by models that predict the category. ``has_gt_mask`` is ``False`` for an image of a
+    category without ground-truth masks in a dataset where other categories have them: its ``gt_mask`` is an
+    all-zero placeholder (batches need one mask per image) that no pixel metric may read.
     """
 
     category: str | None = None
     class_index: torch.Tensor | None = None
     image_view: torch.Tensor | None = None  # the batch's field, per item (anomalib's batch iteration needs both)
     pred_class: torch.Tensor | None = None
+    has_gt_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -31,7 +34,8 @@ class MultiClassImageBatch(ImageBatch):
     """A batch of :class:`MultiClassImageItem`: ``category`` is a list, ``class_index`` shape ``(B,)``.
 
     ``image_view`` is a second, independently augmented view of the images, drawn by a model that trains on one
-    (LGC, in training only).
+    (LGC, in training only). ``has_gt_mask`` (shape ``(B,)``, bool) marks the images whose ``gt_mask`` is real; where
+    it is ``False`` the mask is a placeholder (a category without masks) and pixel metrics skip the image.
     """
 
     item_class: ClassVar[type[MultiClassImageItem]] = MultiClassImageItem
@@ -40,6 +44,7 @@ class MultiClassImageBatch(ImageBatch):
     class_index: torch.Tensor | None = None
     image_view: torch.Tensor | None = None
     pred_class: torch.Tensor | None = None
+    has_gt_mask: torch.Tensor | None = None
 
 
 class MultiClassInferenceBatch(NamedTuple):

@@ -214,29 +214,74 @@ class MultiClassDataModule(AnomalibDataModule):
             test_frames.append(test)
         return pd.concat(train_frames, ignore_index=True), pd.concat(test_frames, ignore_index=True)
 
-    def _task(self, test: pd.DataFrame) -> TaskType:
+    def _task(self, test: pd.DataFrame) -> tuple[TaskType, list[str]]:
+        """Segmentation when any category has masks, and the categories without any (their pixel metrics: n/a).
+
+        A category whose anomalous test images all lack masks is evaluated at image level only; one where only
+        some lack them is an error (a mask file is missing, and which pixels are defective is unknown).
+        """
         anomalous = test[test["label_index"] == LabelName.ABNORMAL]
-        has_masks = "mask_path" in anomalous and anomalous["mask_path"].map(lambda p: isinstance(p, str) and bool(p))
-        if len(anomalous) and bool(has_masks.all()):
-            return TaskType.SEGMENTATION
-        if len(anomalous) and bool(has_masks.any()):
-            missing = anomalous.loc[~has_masks, "image_path"].tolist()
-            msg = (
-                f"{self.name}: {len(missing)} anomalous test image(s) have no mask, e.g. {missing[0]}. "
-                "Add the masks, or remove those images; without any masks the data is used for image-level "
-                "metrics only."
+        if len(anomalous) == 0:
+            return TaskType.SEGMENTATION, []
+        if "mask_path" in anomalous:
+            has_masks = anomalous["mask_path"].map(lambda p: isinstance(p, str) and bool(p))
+        else:
+            has_masks = pd.Series(False, index=anomalous.index)
+        without: list[str] = []
+        for category, masked in has_masks.groupby(anomalous["category"], sort=False):
+            if bool(masked.any()) and not bool(masked.all()):
+                missing = anomalous.loc[masked.index[~masked], "image_path"].tolist()
+                msg = (
+                    f"{self.name}: {len(missing)} anomalous test image(s) of category {category!r} have no mask, "
+                    f"e.g. {missing[0]}. Add the masks, or remove those images; a category without any masks is "
+                    "evaluated at image level only."
+                )
+                raise ValueError(msg)
+            if not bool(masked.any()):
+                without.append(str(category))
+        with_masks = sorted(set(anomalous["category"].astype(str)) - set(without))
+        if not with_masks:
+            return TaskType.CLASSIFICATION, []
+        if without:
+            logger.warning(
+                "%s: categor%s %s ha%s no ground-truth masks: %s pixel metrics are n/a (images only); the other "
+                "categories are evaluated at pixel level too. Add a ground_truth/ folder to evaluate %s pixels.",
+                self.name,
+                "y" if len(without) == 1 else "ies",
+                without,
+                "s" if len(without) == 1 else "ve",
+                "its" if len(without) == 1 else "their",
+                "its" if len(without) == 1 else "their",
             )
-            raise ValueError(msg)
-        return TaskType.CLASSIFICATION if len(anomalous) else TaskType.SEGMENTATION
+        return TaskType.SEGMENTATION, without
 
     def _setup(self, _stage: str | None = None) -> None:
         train, test = self.category_samples()
         # every file of every split opened once before training (headers; verify=True: every pixel)
         verify_images(pd.concat([train, test], ignore_index=True), decode=self.verify)
-        task = self._task(test)
+        task, without_masks = self._task(test)
         names = self.category_names
-        self.train_data = MultiClassDataset(train, names, task=task)
-        self.test_data = MultiClassDataset(test, names, task=task)
+        self.train_data = MultiClassDataset(train, names, task=task, categories_without_masks=without_masks)
+        self.test_data = MultiClassDataset(test, names, task=task, categories_without_masks=without_masks)
+        if without_masks:
+            self._warn_mask_readers(without_masks)
+
+    def _warn_mask_readers(self, without_masks: list[str]) -> None:
+        """Name the model's components that read every ``gt_mask`` (anomalib's own): they see the placeholders."""
+        trainer = getattr(self, "trainer", None)
+        model = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        for role in ("post_processor", "evaluator"):
+            component = getattr(model, role, None)
+            if component is not None and not getattr(component, "skips_placeholder_masks", False):
+                logger.warning(
+                    "%s: the %s %s reads every image's gt_mask: the images of %s (no ground-truth masks) carry "
+                    "all-zero placeholder masks and count as defect-free there. The package's defaults "
+                    "(ClassAwarePostProcessor, PerCategoryEvaluator) leave them out.",
+                    self.name,
+                    role.replace("_", "-"),
+                    type(component).__name__,
+                    without_masks,
+                )
 
     def _create_val_split(self) -> None:
         """Anomalib's split, but per category so that every category gets validation images."""

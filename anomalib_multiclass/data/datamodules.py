@@ -64,6 +64,18 @@ class MultiClassMVTecAD(_RootedMultiClassDataModule):
         """Anomalib's ``MVTecAD`` for one category."""
         return self._single(MVTecAD, category=category)
 
+    def read_category(self, category: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Anomalib's parser; a category without ``ground_truth/`` (which that parser cannot read) by ours.
+
+        The layout is the same, so the folder parser reads it exactly; the category's pixel metrics are then n/a.
+        """
+        folder = self.root / category
+        if (folder / "test").is_dir() and not (folder / "ground_truth").exists():
+            logger.info("%s: %s has no ground_truth/ folder: reading it without masks", self.name, folder)
+            files = read_category_folder(folder)
+            return files.train, files.test
+        return super().read_category(category)
+
 
 class MultiClassVisA(_RootedMultiClassDataModule):
     """VisA, all 12 categories (or ``categories``), with anomalib's 1-class split preparation.

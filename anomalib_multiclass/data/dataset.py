@@ -86,6 +86,8 @@ class MultiClassDataset(AnomalibDataset):
         category_names: Ordered category names; the position of a name is its class index.
         task: Segmentation when masks are available for anomalous images, else classification.
         augmentations: Applied to image (and mask) as in anomalib.
+        categories_without_masks: Categories (in a segmentation dataset) that have no ground-truth masks at all:
+            their images get an all-zero placeholder mask and ``has_gt_mask=False``, so pixel metrics skip them.
     """
 
     def __init__(
@@ -94,9 +96,11 @@ class MultiClassDataset(AnomalibDataset):
         category_names: Sequence[str],
         task: TaskType = TaskType.SEGMENTATION,
         augmentations: Transform | None = None,
+        categories_without_masks: Sequence[str] = (),
     ) -> None:
         super().__init__(augmentations=augmentations)
         self.category_names = list(category_names)
+        self.categories_without_masks = frozenset(categories_without_masks)
         missing = [p for p in samples["image_path"] if not Path(p).exists()]
         if missing:
             msg = f"{len(missing)} image file(s) are missing, e.g. {missing[0]}. Restore them or fix the dataset root."
@@ -124,9 +128,11 @@ class MultiClassDataset(AnomalibDataset):
         image_path, label_index = row.image_path, int(row.label_index)
         mask_path = row.mask_path if isinstance(row.mask_path, str) else ""
         image = _read(image_path, read_rgb, "image")
-        gt_mask = None
+        category = str(row.category)
+        gt_mask, has_gt_mask = None, None
         if self.task == TaskType.SEGMENTATION:
-            if label_index == LabelName.NORMAL:
+            has_gt_mask = torch.tensor(category not in self.categories_without_masks)
+            if label_index == LabelName.NORMAL or not has_gt_mask:
                 gt_mask = Mask(torch.zeros(image.shape[-2:])).to(torch.uint8)
             elif label_index == LabelName.ABNORMAL:
                 if not mask_path:
@@ -148,7 +154,6 @@ class MultiClassDataset(AnomalibDataset):
             else:
                 image, gt_mask = self.augmentations(image, gt_mask)
         gt_label = None if label_index == LabelName.UNKNOWN else torch.tensor(label_index)
-        category = str(row.category)
         return MultiClassImageItem(
             image=image,
             gt_mask=gt_mask,
@@ -157,4 +162,5 @@ class MultiClassDataset(AnomalibDataset):
             mask_path=mask_path,
             category=category,
             class_index=torch.tensor(self.class_index_of(category)),
+            has_gt_mask=has_gt_mask,
         )

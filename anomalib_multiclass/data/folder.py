@@ -9,7 +9,7 @@ Layout of a category folder::
     train/good/**          normal training images
     test/good/**           normal test images
     test/<defect>/**       anomalous test images
-    ground_truth/<defect>/**/<image stem>_mask.<any supported extension>   (optional; all or none)
+    ground_truth/<defect>/**/<image stem>_mask.<any supported extension>   (optional; all or none per category)
 """
 
 from __future__ import annotations

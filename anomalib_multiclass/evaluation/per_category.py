@@ -89,6 +89,8 @@ class PerCategoryEvaluator(Evaluator):
         >>> evaluator.compute()["mean"]["image_AUROC"]  # doctest: +SKIP
     """
 
+    skips_placeholder_masks = True  # its statistics honour the batches' has_gt_mask
+
     def __init__(
         self,
         metrics: Sequence[str] = DEFAULT_METRICS,

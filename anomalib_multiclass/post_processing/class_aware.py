@@ -59,6 +59,8 @@ class ClassAwarePostProcessor(PostProcessor):
         **kwargs: anomalib ``PostProcessor`` arguments (sensitivities, switches).
     """
 
+    skips_placeholder_masks = True  # learns from statistics that honour the batches' has_gt_mask
+
     def __init__(self, num_classes: int = 0, per_category: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.per_category = per_category

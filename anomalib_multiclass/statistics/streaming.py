@@ -131,18 +131,24 @@ class StreamingStatistics:
             self._fold_images(stats, index, read.scores, read.labels, normalised_scores, read.paths)
             if maps is None:
                 continue
-            if pixels is None:
-                stats.images_without_mask += len(index)
+            masked = [] if pixels is None else [i for i in index if read.has_mask is None or read.has_mask[i]]
+            stats.images_without_mask += len(index) - len(masked)
+            if not masked:
                 continue
-            stats.images_with_mask += len(index)
-            whole = len(index) == read.keep  # one category in the batch: no copy
-            stats.pixels.add(*[part if whole or part is None else part[index] for part in pixels])
+            stats.images_with_mask += len(masked)
+            whole = len(masked) == read.keep  # one category in the batch, every mask real: no copy
+            stats.pixels.add(*[part if whole or part is None else part[masked] for part in pixels])
             if region_counts is not None:
-                stats.regions += int(region_counts[index].sum())
+                stats.regions += int(region_counts[masked].sum())
         if normalised_maps is not None and masks is not None:
-            self.pooled.add(normalised_maps, masks, weights)
+            real = list(range(read.keep)) if read.has_mask is None else read.has_mask.nonzero().flatten().tolist()
+            whole = len(real) == read.keep
+            if real:
+                self.pooled.add(
+                    *[part if whole or part is None else part[real] for part in (normalised_maps, masks, weights)]
+                )
             if region_counts is not None:
-                self.pooled_regions += int(region_counts.sum())
+                self.pooled_regions += int(region_counts[real].sum())
 
     def _fold_images(
         self,
@@ -266,6 +272,7 @@ class _Batch(NamedTuple):
     classes: torch.Tensor | None
     categories: list[str]
     paths: list[str]
+    has_mask: torch.Tensor | None  # False: the image's mask is a placeholder (its category has none)
 
 
 def _read_batch(batch: Any, limit: int | None, seen: int) -> _Batch:
@@ -302,7 +309,9 @@ def _read_batch(batch: Any, limit: int | None, seen: int) -> _Batch:
                 "at one size. Resize the masks with the images (the datamodule's transforms) or the maps."
             )
             raise ValueError(msg)
-    return _Batch(size, keep, scores, maps, masks, labels, classes, categories, paths)
+    has_mask = _tensor(batch, "has_gt_mask")
+    has_mask = has_mask.reshape(-1)[:keep].bool() if has_mask is not None and masks is not None else None
+    return _Batch(size, keep, scores, maps, masks, labels, classes, categories, paths, has_mask)
 
 
 def _sum_histograms(histograms: list[DyadicHistogram]) -> None:

@@ -305,3 +305,93 @@ def test_non_ascii_category_names_work(synthetic_root, tmp_path):
     assert re.fullmatch(r"[A-Za-z0-9._+-]+", MultiClassFolder(root=root, categories=["café"]).category)
     batch = next(iter(datamodule.test_dataloader()))
     assert batch.image.shape[0] == 4
+
+
+def _without_masks(synthetic_root, tmp_path, category: str = "grass"):
+    root = _copy(synthetic_root, tmp_path)
+    shutil.rmtree(root / category / "ground_truth")
+    return root
+
+
+def test_a_category_without_ground_truth_is_evaluated_at_image_level(synthetic_root, tmp_path, caplog):
+    # issue 25, case 7: one category without ground_truth/ stopped the run
+    datamodule = _datamodule(_without_masks(synthetic_root, tmp_path), val_split_mode="from_test")
+    assert re.search(r"category \['grass'\] has no ground-truth masks: its pixel metrics are n/a", caplog.text)
+    flags: dict[str, set[bool]] = {}
+    for loader in (datamodule.val_dataloader(), datamodule.test_dataloader()):
+        for batch in loader:
+            assert batch.gt_mask.shape[0] == len(batch.category), "one (placeholder) mask per image"
+            for category, flag, mask in zip(batch.category, batch.has_gt_mask.tolist(), batch.gt_mask, strict=True):
+                flags.setdefault(category, set()).add(flag)
+                if not flag:
+                    assert not mask.any(), "the placeholder is all zero"
+    assert flags == {"brick": {True}, "coffee": {True}, "grass": {False}}
+
+
+def test_mvtec_layout_category_without_ground_truth_is_read_by_the_folder_parser(synthetic_root, tmp_path):
+    root = _copy(synthetic_root, tmp_path / "src")
+    names = {"brick": "bottle", "coffee": "cable", "grass": "carpet"}
+    for old, new in names.items():
+        (root / old).rename(root / new)
+    shutil.rmtree(root / "carpet" / "ground_truth")
+    datamodule = MultiClassMVTecAD(root=root, categories=list(names.values()), num_workers=0, eval_batch_size=32)
+    datamodule.setup()
+    test = datamodule.test_data.samples
+    assert set(test.category) == set(names.values())
+    assert datamodule.test_data.categories_without_masks == {"carpet"}
+    assert (test[test.category == "carpet"].label_index == 1).sum() == 5, "every defective carpet image is kept"
+
+
+def test_a_category_with_some_masks_missing_is_still_refused(synthetic_root, tmp_path):
+    root = _copy(synthetic_root, tmp_path)
+    mask = sorted((root / "coffee" / "ground_truth").rglob("*_mask.png"))[0]
+    image = root / "coffee" / "test" / mask.parent.name / mask.name.replace("_mask", "")
+    mask.unlink()
+    with pytest.raises(MaskMismatchError, match=re.escape(str(image))):
+        _datamodule(root)
+
+
+def test_the_table_says_n_a_for_the_pixels_of_a_category_without_masks(synthetic_root, tmp_path, caplog):
+    import json
+
+    import torch
+    from anomalib.engine import Engine
+
+    from anomalib_multiclass.models import UniAD
+    from tests.conftest import TINY_UNIAD
+
+    root = _without_masks(synthetic_root, tmp_path)
+    torch.manual_seed(0)
+    engine = Engine(
+        max_epochs=1, limit_train_batches=1, accelerator="cpu", default_root_dir=tmp_path / "results", logger=False
+    )
+    datamodule = MultiClassFolder(root=root, num_workers=0, train_batch_size=6, eval_batch_size=8, seed=0)
+    engine.fit(UniAD(**TINY_UNIAD), datamodule=datamodule)
+    engine.test(engine.model, datamodule=datamodule)
+    (table_path,) = (tmp_path / "results").rglob("per_category_metrics.json")
+    table = json.loads(table_path.read_text())
+    for category in ("brick", "coffee"):
+        assert 0 <= (table[category]["pixel_AUROC"] or -1) <= 1
+    assert table["grass"]["pixel_AUROC"] is None
+    assert table["grass"]["AUPRO"] is None
+    assert table["grass"]["image_AUROC"] is not None, "its images are still evaluated"
+    assert table["mean"]["n_categories"]["pixel_AUROC"] == 2
+    assert table["mean"]["n_categories"]["image_AUROC"] == 3
+    assert "no ground-truth masks" in caplog.text
+
+
+def test_anomalib_components_that_read_placeholder_masks_are_named(synthetic_root, tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from anomalib.post_processing import PostProcessor
+
+    from anomalib_multiclass.evaluation import PerCategoryEvaluator
+
+    datamodule = MultiClassFolder(root=_without_masks(synthetic_root, tmp_path), num_workers=0)
+    model = SimpleNamespace(post_processor=PostProcessor(), evaluator=PerCategoryEvaluator())
+    datamodule.trainer = SimpleNamespace(lightning_module=model)
+    datamodule.setup()
+    assert re.search(
+        r"the post-processor PostProcessor reads every image's gt_mask: the images of \['grass'\]", caplog.text
+    )
+    assert "PerCategoryEvaluator reads" not in caplog.text

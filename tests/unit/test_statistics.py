@@ -318,3 +318,24 @@ def test_values_clamped_to_the_ends_are_exact_ties_not_binning_error():
     assert ap == pytest.approx(average_precision_score(truth, pixels), abs=max(ap_bound, 1e-9))
     assert auroc_bound < 1e-4
     assert ap_bound < 1e-4
+
+
+def test_placeholder_masks_of_a_category_without_masks_are_left_out_of_every_pixel_statistic():
+    # issue 25, case 7: a category without ground truth carries all-zero placeholder masks flagged has_gt_mask=False
+    images = _data(seed=3)
+    flagged, only_masked = StreamingStatistics(), StreamingStatistics()
+    for batch in _batches(images):
+        batch.has_gt_mask = torch.tensor([c == "near_zero" for c in batch.category])
+        batch.gt_mask = batch.gt_mask & batch.has_gt_mask[:, None, None]  # the placeholders: all zero
+        flagged.update(batch, normaliser=lambda s, m, c: (s, m))
+    for batch in _batches([p for p in images if p[0] == "near_zero"]):
+        only_masked.update(batch, normaliser=lambda s, m, c: (s, m))
+    offset = flagged.categories["offset"]
+    assert offset.pixels.empty
+    assert (offset.images_with_mask, offset.images_without_mask) == (0, 12)
+    assert len(offset.scores) == 12, "its images still count at image level"
+    near_zero, reference = flagged.categories["near_zero"], only_masked.categories["near_zero"]
+    assert torch.equal(near_zero.pixels.counts, reference.pixels.counts)
+    assert near_zero.regions == reference.regions
+    assert torch.equal(flagged.pooled.counts, only_masked.pooled.counts), "the pooled pixels skip the placeholders"
+    assert flagged.pooled_regions == only_masked.pooled_regions
