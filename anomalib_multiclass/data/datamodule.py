@@ -16,10 +16,8 @@ import re
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
-import torch
 from anomalib import TaskType
 from anomalib.data.datamodules.base.image import AnomalibDataModule
 from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode
@@ -303,20 +301,6 @@ class MultiClassDataModule(AnomalibDataModule):
         val.samples = pd.concat(val_parts, ignore_index=True)
         setattr(self, source_name, remaining)
         self.val_data = val
-
-    def describe(self) -> dict[str, Any]:
-        """Counts per category and split (for logs and READMEs)."""
-        out: dict[str, Any] = {}
-        for split in ("train_data", "val_data", "test_data"):
-            data = getattr(self, split, None)
-            if data is not None:
-                out[split] = data.samples.groupby("category")["label_index"].value_counts().to_dict()
-        return out
-
-
-def class_indices(names: Sequence[str], categories: Sequence[str]) -> torch.Tensor:
-    """Class indices of ``categories`` under the order ``names``."""
-    return torch.tensor([list(names).index(c) for c in categories], dtype=torch.long)
 
 
 def run_folder_name(categories: Sequence[str], max_length: int = RUN_FOLDER_MAX_LENGTH) -> str:
