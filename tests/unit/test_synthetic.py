@@ -78,3 +78,25 @@ def test_unknown_category_and_layout_are_explained(tmp_path):
         make_synthetic_dataset(tmp_path, categories=["bottle"])
     with pytest.raises(ValueError, match="layout"):
         make_synthetic_dataset(tmp_path, layout="coco")
+
+
+def test_the_second_set_has_other_photos_and_defects_that_change_their_masked_pixels(tmp_path):
+    # issue 26: a second test proxy, used for no choice: other photos (textures included), other defect shapes
+    from anomalib_multiclass.data.synthetic import DEFECTS, HELDOUT_CATEGORIES, HELDOUT_DEFECT_TYPES
+
+    assert not set(HELDOUT_DEFECT_TYPES) & set(DEFECT_TYPES)
+    assert {"tissue", "moon"} <= set(HELDOUT_CATEGORIES)
+    root = make_synthetic_dataset(
+        tmp_path / "heldout", categories=HELDOUT_CATEGORIES, defect_types=HELDOUT_DEFECT_TYPES,
+        n_train=1, n_test_good=1, n_test_defect=5, image_size=96, seed=0,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    for category in HELDOUT_CATEGORIES:
+        normal = np.asarray(Image.open(root / category / "test" / "good" / "000.png").convert("RGB"))
+        for defect in HELDOUT_DEFECT_TYPES:
+            (image_path,) = (root / category / "test" / defect).glob("*.png")
+            mask = np.asarray(Image.open(root / category / "ground_truth" / defect / f"{image_path.stem}_mask.png")) > 0
+            assert 0 < mask.mean() < 0.25, (category, defect)
+            changed, own_mask = DEFECTS[defect](normal, rng, 0.5)
+            difference = np.abs(changed.astype(float) - normal).max(axis=-1)
+            assert difference[own_mask].mean() > 5 * max(difference[~own_mask].mean(), 0.5), (category, defect)
