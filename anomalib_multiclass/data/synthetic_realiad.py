@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from anomalib.data.datasets.image.realiad import CATEGORIES as REALIAD_CATEGORIES
 
-from anomalib_multiclass.data.synthetic import ALL_CATEGORIES, DEFECTS, _normal_image, _photo, _save
+from anomalib_multiclass.data.synthetic import _save
+from anomalib_multiclass.data.synthetic_defects import ALL_CATEGORIES, DEFECTS, _normal_image, _photo
 
 DEFECT_CODES = {"texture": "AK", "scratch": "HS", "stain": "QS", "blur": "BX", "cutpaste": "YW"}  # Real-IAD's codes
 
