@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -57,6 +58,16 @@ def backbone_pre_processor(
     return PreProcessor(
         transform=Compose([Resize(tuple(int(s) for s in image_size), antialias=True), Normalize(mean, std)])
     )
+
+
+def same_named_arguments(target: Any, given: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The entries of ``given`` (a Lightning module's ``locals()``) that ``target``'s constructor takes, by name.
+
+    A Lightning module passes its network arguments on to its torch model this way: one name, one meaning, no
+    list of twenty ``name=name`` lines to keep in step with the signature. ``overrides`` replace given values.
+    """
+    accepted = inspect.signature(target).parameters
+    return {name: overrides.get(name, given[name]) for name in accepted if name in given or name in overrides}
 
 
 def adamw_with_step_decay(

@@ -14,7 +14,7 @@ from torch import nn, optim
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
-from anomalib_multiclass.models.components.training import FeatureCacheMixin
+from anomalib_multiclass.models.components.training import FeatureCacheMixin, same_named_arguments
 from anomalib_multiclass.models.omni_ad.loss import OmniADLoss
 from anomalib_multiclass.models.omni_ad.torch_model import OmniADModel
 
@@ -102,22 +102,7 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.model = OmniADModel(
-            backbone=backbone,
-            layers=layers,
-            pre_trained=pre_trained,
-            backbone_weights=backbone_weights,
-            input_size=self.model_input_size,
-            dims=dims,
-            depths=depths,
-            num_tokens=num_tokens,
-            num_heads=num_heads,
-            jitter_scale=jitter_scale,
-            jitter_prob=jitter_prob,
-            blur_sigma=blur_sigma,
-            official_code_behaviour=official_code_behaviour,
-            double_input_residual=double_input_residual,
-        )
+        self.model = OmniADModel(**same_named_arguments(OmniADModel, locals(), input_size=self.model_input_size))
         self.loss = OmniADLoss()
         self.lr = lr
         self.weight_decay = weight_decay

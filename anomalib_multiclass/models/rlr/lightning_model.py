@@ -11,7 +11,7 @@ from torch import nn, optim
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
-from anomalib_multiclass.models.components.training import FeatureCacheMixin
+from anomalib_multiclass.models.components.training import FeatureCacheMixin, same_named_arguments
 from anomalib_multiclass.models.rlr.loss import RLRLoss
 from anomalib_multiclass.models.rlr.torch_model import RLRModel
 
@@ -86,23 +86,7 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.model = RLRModel(
-            backbone=backbone,
-            layers=layers,
-            pre_trained=pre_trained,
-            backbone_weights=backbone_weights,
-            input_size=self.model_input_size,
-            hidden_dims=hidden_dims,
-            windows=windows,
-            num_blocks=num_blocks,
-            num_heads=num_heads,
-            lca_weight=lca_weight,
-            pool_size=pool_size,
-            jitter_scale=jitter_scale,
-            jitter_prob=jitter_prob,
-            blur_sigma=blur_sigma,
-            dense_attention=dense_attention,
-        )
+        self.model = RLRModel(**same_named_arguments(RLRModel, locals(), input_size=self.model_input_size))
         self.loss = RLRLoss()
         self.lr = lr
         self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)

@@ -15,6 +15,7 @@ from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCac
 from anomalib_multiclass.models.components.training import (
     FeatureCacheMixin,
     adamw_with_step_decay,
+    same_named_arguments,
 )
 from anomalib_multiclass.models.uniad.loss import UniADLoss
 from anomalib_multiclass.models.uniad.torch_model import UniADModel
@@ -104,25 +105,7 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.model = UniADModel(
-            backbone=backbone,
-            layers=layers,
-            pre_trained=pre_trained,
-            backbone_weights=backbone_weights,
-            input_size=self.model_input_size,
-            hidden_dim=hidden_dim,
-            num_heads=num_heads,
-            ffn_dim=ffn_dim,
-            num_encoder_layers=num_encoder_layers,
-            num_decoder_layers=num_decoder_layers,
-            dropout=dropout,
-            neighbor_size=neighbor_size,
-            neighbor_mask_in=neighbor_mask_in,
-            layerwise_query=layerwise_query,
-            jitter_scale=jitter_scale,
-            jitter_prob=jitter_prob,
-            pool_size=pool_size,
-        )
+        self.model = UniADModel(**same_named_arguments(UniADModel, locals(), input_size=self.model_input_size))
         self.loss = UniADLoss()
         self.lr = lr
         self.weight_decay = weight_decay

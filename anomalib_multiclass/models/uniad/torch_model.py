@@ -18,8 +18,6 @@ from anomalib_multiclass.models.components.feature_extractor import MultiStageFe
 from anomalib_multiclass.models.components.jitter import feature_jitter
 from anomalib_multiclass.models.components.reconstruction import ReconstructionTransformer
 
-UniADReconstruction = ReconstructionTransformer
-
 
 class UniADModel(nn.Module):
     """UniAD: frozen multi-stage features, jitter (training), reconstruction transformer, L2 anomaly map.
