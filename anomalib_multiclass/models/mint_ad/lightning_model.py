@@ -15,6 +15,7 @@ from torch import nn
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
+from anomalib_multiclass.models.components.steps import log_losses, with_predictions
 from anomalib_multiclass.models.components.training import (
     FeatureCacheMixin,
     adamw_with_step_decay,
@@ -164,17 +165,14 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         classes = self._classes(batch)
         output = self.model(batch.image, features=self.cached_features(batch), class_index=classes)
         losses = self.loss(output, classes)
-        size = len(batch.image)
-        for name, value in losses.items():
-            self.log(f"train_{name}", value.item(), on_epoch=True, prog_bar=name == "loss", batch_size=size)
+        log_losses(self, losses, len(batch.image))
         return {"loss": losses["loss"]}
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Maps, scores and the predicted class, without the label (unless ``prompt='label'``)."""
         del args, kwargs
         classes = self._classes(batch) if self.model.prompt == "label" else None
-        predictions = self.model(batch.image, class_index=classes)
-        return batch.update(**{k: v for k, v in predictions._asdict().items() if v is not None})
+        return with_predictions(batch, self.model(batch.image, class_index=classes))
 
     def on_test_epoch_start(self) -> None:
         """Start counting the classifier's hits per category."""

@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
+from anomalib_multiclass.models.components.steps import log_losses, with_predictions
 from anomalib_multiclass.models.components.training import (
     FeatureCacheMixin,
     adamw_with_step_decay,
@@ -64,8 +67,6 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
     """
 
-    loss_inputs = ("reconstruction", "features")  # the torch model's training outputs the loss takes, in order
-
     def __init__(
         self,
         backbone: str = "tf_efficientnet_b4.aa_in1k",
@@ -113,6 +114,19 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         self.lr_gamma = lr_gamma
         self.gradient_clip_val = gradient_clip_val
         self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
+
+    def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """MSE between the frozen features (cached when possible) and their reconstruction from jittered ones."""
+        del args, kwargs
+        output = self.model(batch.image, features=self.cached_features(batch))
+        loss = self.loss(output["reconstruction"], output["features"])
+        log_losses(self, {"loss": loss}, len(batch.image))
+        return {"loss": loss}
+
+    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """Anomaly maps and scores from the image alone (the post-processor learns its statistics from them)."""
+        del args, kwargs
+        return with_predictions(batch, self.model(batch.image))
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with a step decay (UniAD: lr 1e-4, weight decay 1e-4, × 0.1 at epoch 800)."""
