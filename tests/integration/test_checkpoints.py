@@ -122,7 +122,7 @@ def test_every_model_takes_its_network_from_the_checkpoint(name, tmp_path):
     from tests.integration.test_export import MODELS
 
     cls, kwargs = MODELS[name]
-    trained = cls(**kwargs, **({"num_classes": 3} if name == "MintAD" else {}))
+    trained = cls(**kwargs, **({"classifier_classes": 3} if name == "MintAD" else {}))
     trainer = Trainer(logger=False, enable_checkpointing=False, accelerator="cpu")
     trainer.strategy.connect(trained)
     trainer.save_checkpoint(tmp_path / "model.ckpt")

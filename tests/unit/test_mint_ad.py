@@ -92,7 +92,7 @@ def test_each_loss_term_is_finite_and_decreases_and_the_classifier_learns():
 
 
 def test_lightning_module_sizes_its_classifier_from_the_checkpoint():
-    module = MintAD(num_classes=3, **TINY)
+    module = MintAD(classifier_classes=3, **TINY)
     checkpoint = {"state_dict": module.state_dict()}
     module.category_names = ["a", "b", "c"]
     module.on_save_checkpoint(checkpoint)
@@ -102,6 +102,18 @@ def test_lightning_module_sizes_its_classifier_from_the_checkpoint():
     restored.load_state_dict(checkpoint["state_dict"])
     assert restored.model.num_classes == 3
     assert restored.category_names == ["a", "b", "c"]
+
+
+def test_a_checkpoint_without_categories_sizes_the_classifier_from_its_weights():
+    # also a checkpoint saved when the argument was called ``num_classes`` (Lightning drops the unknown name)
+    module = MintAD(classifier_classes=3, **TINY)
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": {"num_classes": 3}}
+    module.on_save_checkpoint(checkpoint)
+    restored = MintAD(**TINY)
+    restored.on_load_checkpoint(checkpoint)
+    restored.load_state_dict(checkpoint["state_dict"])
+    assert restored.model.num_classes == 3
+    assert restored.num_classes is None  # no category map: the mixin's count stays unknown
 
 
 def test_bfloat16_autocast_training_step_and_forward():

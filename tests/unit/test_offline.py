@@ -12,7 +12,7 @@ from tests.conftest import TINY_LGC, TINY_OMNI_AD, TINY_RLR, TINY_UNIAD
 TINY_MINT_AD = {k: v for k, v in TINY_UNIAD.items() if k not in {"neighbor_size", "pool_size", "layers"}}
 MODELS = {
     "UniAD": (UniAD, TINY_UNIAD),
-    "MintAD": (MintAD, {**TINY_MINT_AD, "num_classes": 3}),
+    "MintAD": (MintAD, {**TINY_MINT_AD, "classifier_classes": 3}),
     "RLR": (RLR, TINY_RLR),
     "OmniAD": (OmniAD, TINY_OMNI_AD),
     "LGC": (LGC, TINY_LGC),
@@ -43,7 +43,7 @@ def empty_hub_cache(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_default_backbone_offline_names_weights_source_and_argument(name, empty_hub_cache):
     cls, _ = MODELS[name]
-    kwargs = {"num_classes": 3} if name == "MintAD" else {}
+    kwargs = {"classifier_classes": 3} if name == "MintAD" else {}
     with pytest.raises(MissingBackboneWeightsError) as error:
         cls(**kwargs)
     message = str(error.value)

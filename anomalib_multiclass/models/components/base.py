@@ -8,14 +8,15 @@ The mixin
 - keeps the ordered category names the model was trained on (``category_names``), read from the
   datamodule at fit time, saved in the checkpoint and checked again at test/predict time, so a
   model trained on 15 categories never silently remaps them;
-- gives the steps every model here runs the same way: validation and prediction run the torch model on
-  the image alone (no label, no second view: what the exported graph does), one-class learning, and the
-  learnable/frozen parameter count the model READMEs and tests quote.
+- runs test and prediction as the model's own ``validation_step`` (the image alone: no label, no second view,
+  what the exported graph does), and gives one-class learning and the learnable/frozen parameter count the model
+  READMEs and tests quote.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,8 @@ class MultiClassMixin:
     """Multi-class behaviour for an ``AnomalibModule`` (put it first in the bases)."""
 
     category_names: list[str] | None = None
+    model: Any  # the torch model, built by each model's constructor
+    validation_step: Callable[..., Any]  # each model's own: the image alone in, the torch model's outputs out
     model_input_size: tuple[int, int]  # set by each model before anomalib's __init__ builds the pre-processor
     backbone_name: str
     # INT8 export (INT8_PTQ / INT8_ACQ) keeps the frozen encoder in floating point; True quantizes it too (faster,
@@ -74,19 +77,13 @@ class MultiClassMixin:
         """One-class: trained on normal images only."""
         return LearningType.ONE_CLASS
 
-    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> Batch:
-        """Anomaly maps and scores from the image alone (threshold and normalisation statistics)."""
-        del args, kwargs
-        predictions = self.model(batch.image)  # type: ignore[attr-defined]
-        return batch.update(**{k: v for k, v in predictions._asdict().items() if v is not None})
-
     def test_step(self, batch: Batch, batch_idx: int = 0, *args: Any, **kwargs: Any) -> Batch:
         """As prediction: the evaluator and visualizer then see every output of the model."""
         del args, kwargs
         return self.predict_step(batch, batch_idx)
 
     def predict_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> Batch:
-        """As validation (the post-processor callback thresholds and normalises).
+        """As the model's own validation step (the post-processor callback thresholds and normalises).
 
         A plain anomalib ``ImageBatch`` (anomalib's ``PredictDataset`` on a folder of images, its ``Folder``
         datamodule) has no ``pred_class`` field and its ``update`` would drop the predicted class, so the
@@ -117,7 +114,7 @@ class MultiClassMixin:
     @torch.no_grad()
     def count_parameters(self) -> dict[str, int]:
         """Learnable and frozen parameter counts of the torch model."""
-        parameters = list(self.model.parameters())  # type: ignore[attr-defined]
+        parameters = list(self.model.parameters())
         learnable = sum(p.numel() for p in parameters if p.requires_grad)
         return {"learnable": learnable, "frozen": sum(p.numel() for p in parameters) - learnable}
 

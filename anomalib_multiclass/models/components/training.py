@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -59,6 +60,16 @@ def backbone_pre_processor(
     )
 
 
+def same_named_arguments(target: Any, given: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The entries of ``given`` (a Lightning module's ``locals()``) that ``target``'s constructor takes, by name.
+
+    A Lightning module passes its network arguments on to its torch model this way: one name, one meaning, no
+    list of twenty ``name=name`` lines to keep in step with the signature. ``overrides`` replace given values.
+    """
+    accepted = inspect.signature(target).parameters
+    return {name: overrides.get(name, given[name]) for name in accepted if name in given or name in overrides}
+
+
 def adamw_with_step_decay(
     parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, step_epochs: int, gamma: float
 ) -> dict[str, Any]:
@@ -76,6 +87,7 @@ class FeatureCacheMixin:
     """
 
     feature_cache: FrozenFeatureCache
+    model: Any  # the torch model, with ``extract_features(images)``
 
     def on_fit_start(self) -> None:
         """Use the cache only when the training images are not randomly augmented."""
@@ -85,17 +97,6 @@ class FeatureCacheMixin:
             self.feature_cache.enabled = False
         super().on_fit_start()  # type: ignore[misc]
 
-    loss_inputs: tuple[str, ...] = ("reconstruction", "features")
-
-    def training_step(self, batch: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Reconstruct the (perturbed) frozen features, from the cache when possible; the model's loss on them."""
-        del args, kwargs
-        output = self.model(batch.image, features=self.cached_features(batch))  # type: ignore[attr-defined]
-        loss = self.loss(*(output[key] for key in self.loss_inputs))  # type: ignore[attr-defined]
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))  # type: ignore[attr-defined]
-        return {"loss": loss}
-
     def cached_features(self, batch: Any) -> Any:
         """Frozen features of the batch's images, from the cache when possible."""
-        model = self.model  # type: ignore[attr-defined]
-        return self.feature_cache.get_or_compute(list(batch.image_path), batch.image, model.extract_features)
+        return self.feature_cache.get_or_compute(list(batch.image_path), batch.image, self.model.extract_features)

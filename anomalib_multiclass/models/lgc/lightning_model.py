@@ -27,6 +27,7 @@ from torchvision.transforms.v2 import (
 )
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
+from anomalib_multiclass.models.components.steps import log_losses, with_predictions
 from anomalib_multiclass.models.lgc.loss import LGCLoss
 from anomalib_multiclass.models.lgc.torch_model import CODE_NOISE_PROB, LGCModel, kmeans
 
@@ -247,12 +248,13 @@ class LGC(MultiClassMixin, AnomalibModule):
         labels = self._labels(batch) if self.contrastive else None
         output = self.model(batch.image, views)
         losses = self.loss(output, labels)
-        size = len(batch.image)
-        for name, value in losses.items():
-            self.log(
-                f"train_{name}", value.item(), on_epoch=True, prog_bar=name == "loss", logger=True, batch_size=size
-            )
+        log_losses(self, losses, len(batch.image))
         return {"loss": losses["loss"]}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """RD's inference: 1 - cosine between encoder and decoder maps, from the image alone (no view, no label)."""
+        del args, kwargs
+        return with_predictions(batch, self.model(batch.image))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """One Adam, two groups: φ_p at ``lr_projector``, bottleneck + decoder at ``lr``; constant rates."""

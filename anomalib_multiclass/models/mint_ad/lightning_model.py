@@ -15,13 +15,17 @@ from torch import nn
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
+from anomalib_multiclass.models.components.steps import log_losses, with_predictions
 from anomalib_multiclass.models.components.training import (
     FeatureCacheMixin,
     adamw_with_step_decay,
+    same_named_arguments,
 )
 from anomalib_multiclass.models.mint_ad.loss import MintADLoss
 from anomalib_multiclass.models.mint_ad.torch_model import MintADModel
 from anomalib_multiclass.utils.console import show
+
+_CLASSIFIER_WEIGHT = "model.prompt_mapper.head.weight"  # (classes, token_dim): the classifier's size in a checkpoint
 
 
 class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
@@ -31,8 +35,8 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
     not: the class token comes from the image, and the predicted class is output as ``pred_class``.
 
     Args:
-        num_classes: Number of categories the classifier predicts; null takes it from the datamodule at fit time
-            (or from the checkpoint).
+        classifier_classes: Number of categories the classifier predicts; null takes it from the datamodule at fit
+            time (or from the checkpoint). Once the model knows its categories, ``num_classes`` (their number) wins.
         backbone: timm name of the frozen backbone (as UniAD: EfficientNet-b4, ``tf_efficientnet_b4.aa_in1k``).
         layers: timm out-indices of the backbone stages whose features are concatenated (stages 1-4: 0, 1, 2, 3).
         pre_trained: Load the backbone's ImageNet weights through timm (downloaded once, then cached).
@@ -72,7 +76,7 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
 
     def __init__(
         self,
-        num_classes: int | None = None,
+        classifier_classes: int | None = None,
         backbone: str = "tf_efficientnet_b4.aa_in1k",
         layers: Sequence[int] = (0, 1, 2, 3),
         pre_trained: bool = True,
@@ -113,29 +117,12 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self._model_kwargs: dict[str, Any] = {
-            "backbone": backbone,
-            "layers": tuple(layers),
-            "pre_trained": pre_trained,
-            "backbone_weights": backbone_weights,
-            "input_size": self.model_input_size,
-            "hidden_dim": hidden_dim,
-            "num_heads": num_heads,
-            "ffn_dim": ffn_dim,
-            "num_encoder_layers": num_encoder_layers,
-            "num_decoder_layers": num_decoder_layers,
-            "dropout": dropout,
-            "jitter_scale": jitter_scale,
-            "jitter_prob": jitter_prob,
-            "token_dim": token_dim,
-            "inr_layers": inr_layers,
-            "omega": omega,
-            "pool_size": pool_size,
-            "prompt": prompt,
-        }
+        self._model_kwargs = same_named_arguments(
+            MintADModel, locals(), input_size=self.model_input_size, layers=tuple(layers)
+        )  # all but ``num_classes``, known once the categories are
         self.model: MintADModel | None = None
-        if num_classes is not None:
-            self._build(num_classes)
+        if classifier_classes is not None:
+            self._build(classifier_classes)
         self.loss = MintADLoss(ce_weight=ce_weight, prior_weight=prior_weight)
         self.lr = lr
         self.weight_decay = weight_decay
@@ -153,14 +140,20 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         super().setup(stage)
         self._build_for_categories()
 
-    def _build_for_categories(self) -> None:
-        """One class per category the model knows; else as built (``num_classes``); else one."""
-        self._build(self.num_classes or (self.model.num_classes if self.model is not None else 1))
+    def _build_for_categories(self, saved_classes: int | None = None) -> None:
+        """One class per category the model knows; else the checkpoint's; else as built (``classifier_classes``)."""
+        built = self.model.num_classes if self.model is not None else 1
+        self._build(self.num_classes or saved_classes or built)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Build the network for the checkpoint's categories (saved with it) before its weights are loaded."""
+        """Build the network for the checkpoint's categories (saved with it) before its weights are loaded.
+
+        Without a category map, the classifier takes the size of the checkpoint's own classifier weights (this also
+        loads checkpoints saved when the argument was called ``num_classes``, which Lightning drops as unknown).
+        """
         super().on_load_checkpoint(checkpoint)
-        self._build_for_categories()
+        head = (checkpoint.get("state_dict") or {}).get(_CLASSIFIER_WEIGHT)
+        self._build_for_categories(int(head.shape[0]) if isinstance(head, torch.Tensor) else None)
 
     def _classes(self, batch: Batch) -> torch.Tensor | None:
         classes = getattr(batch, "class_index", None)
@@ -172,17 +165,14 @@ class MintAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         classes = self._classes(batch)
         output = self.model(batch.image, features=self.cached_features(batch), class_index=classes)
         losses = self.loss(output, classes)
-        size = len(batch.image)
-        for name, value in losses.items():
-            self.log(f"train_{name}", value.item(), on_epoch=True, prog_bar=name == "loss", batch_size=size)
+        log_losses(self, losses, len(batch.image))
         return {"loss": losses["loss"]}
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Maps, scores and the predicted class, without the label (unless ``prompt='label'``)."""
         del args, kwargs
         classes = self._classes(batch) if self.model.prompt == "label" else None
-        predictions = self.model(batch.image, class_index=classes)
-        return batch.update(**{k: v for k, v in predictions._asdict().items() if v is not None})
+        return with_predictions(batch, self.model(batch.image, class_index=classes))
 
     def on_test_epoch_start(self) -> None:
         """Start counting the classifier's hits per category."""

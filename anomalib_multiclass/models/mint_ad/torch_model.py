@@ -20,6 +20,7 @@ from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
 from anomalib_multiclass.models.components.feature_extractor import MultiStageFeatureExtractor
 from anomalib_multiclass.models.components.jitter import feature_jitter
 from anomalib_multiclass.models.components.reconstruction import ReconstructionTransformer
+from anomalib_multiclass.models.components.scoring import check_feature_sizes, pooled_max
 
 
 class PromptMapper(nn.Module):
@@ -231,9 +232,7 @@ class MintADModel(nn.Module):
         ``class_index`` (the true class) is used only in the label-prompt mode.
         """
         height, width = features.shape[-2:]
-        if (height, width) != self.feature_size:
-            msg = f"Feature map {height}x{width} is not {self.feature_size}: images must be {self.input_size}."
-            raise ValueError(msg)
+        check_feature_sizes([(height, width)], [self.feature_size], self.input_size)
         tokens = features.flatten(2).transpose(1, 2)  # f′
         adapted = self.adaptor(tokens)  # f: classifier and prior see the clean adapted features
         class_token, logits = self.prompt_mapper(adapted)
@@ -282,9 +281,8 @@ class MintADModel(nn.Module):
         if self.training:
             return out
         anomaly_map = self.anomaly_map(out["features"], out["reconstruction"], images.shape[-2:])
-        pooled = F.avg_pool2d(anomaly_map, self.pool_size, stride=1) if self.pool_size > 1 else anomaly_map
         return MultiClassInferenceBatch(
-            pred_score=pooled.flatten(1).amax(dim=1),
+            pred_score=pooled_max(anomaly_map, self.pool_size),
             anomaly_map=anomaly_map,
             pred_class=out["logits"].argmax(dim=1),
         )

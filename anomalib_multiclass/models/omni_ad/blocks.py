@@ -78,6 +78,25 @@ class DepthwiseBranch(nn.Module):
         return F.silu(self.norm(self.pointwise(x)))
 
 
+def _check_block_sizes(dim: int, num_tokens: int, num_heads: int) -> None:
+    """Refuse a token count that is not a perfect square (Up's grid) or a width the heads do not divide."""
+    grid = math.isqrt(num_tokens)
+    if grid * grid != num_tokens:
+        msg = f"The number of learnable tokens must be a perfect square (Up lays them on a grid), got {num_tokens}."
+        raise ValueError(msg)
+    if dim % num_heads:
+        msg = f"Width {dim} is not divisible by {num_heads} heads."
+        raise ValueError(msg)
+
+
+def _up_index(feature_size: tuple[int, ...], grid: int) -> torch.Tensor:
+    """For each of the h x w positions, the token of the grid x grid layout nearest-upsampling gives it (Up)."""
+    height, width = feature_size
+    rows = torch.div(torch.arange(height) * grid, height, rounding_mode="floor")
+    cols = torch.div(torch.arange(width) * grid, width, rounding_mode="floor")
+    return (rows[:, None] * grid + cols[None, :]).flatten()
+
+
 class OmniBlock(nn.Module):
     """Omni-block: global branch (learnable-query and learnable-key/value attentions) + local depthwise branch.
 
@@ -109,21 +128,22 @@ class OmniBlock(nn.Module):
         map_seed: int = 0,
     ) -> None:
         super().__init__()
-        grid = math.isqrt(num_tokens)
-        if grid * grid != num_tokens:
-            msg = f"The number of learnable tokens must be a perfect square (Up lays them on a grid), got {num_tokens}."
-            raise ValueError(msg)
-        if dim % num_heads:
-            msg = f"Width {dim} is not divisible by {num_heads} heads."
-            raise ValueError(msg)
+        _check_block_sizes(dim, num_tokens, num_heads)
         self.dim = dim
         self.num_heads = num_heads
         self.num_tokens = num_tokens
         self.feature_size = tuple(feature_size)
         self.official_code_behaviour = official_code_behaviour
         self.double_input_residual = double_input_residual
+        self._build_global_branch(map_seed)
+        self._build_local_branch()
+        self.fc1 = nn.Linear(dim, dim)  # fusion MLP
+        self.fc2 = nn.Linear(dim, dim)
+        self._init_weights()
 
-        # global branch
+    def _build_global_branch(self, map_seed: int) -> None:
+        """Q̄, S̄, the two attentions' projections and biases, their output maps, and the Up index."""
+        dim, num_tokens, num_heads = self.dim, self.num_tokens, self.num_heads
         self.query_tokens = nn.Parameter(torch.zeros(1, num_tokens, dim))  # Q̄
         self.kv_tokens = nn.Parameter(torch.zeros(1, num_tokens, dim))  # S̄
         self.q = nn.Linear(dim, dim)
@@ -132,7 +152,7 @@ class OmniBlock(nn.Module):
         self.kv_y = nn.Linear(dim, 2 * dim)
         self.pe2 = nn.Parameter(torch.zeros(1, num_heads, num_tokens, 1))  # added after MHA-1's softmax
         self.pe1 = nn.Parameter(torch.zeros(1, num_heads, 1, num_tokens))  # added after MHA-2's softmax
-        if official_code_behaviour:
+        if self.official_code_behaviour:
             self.proj1 = self.proj2 = None
             generator = torch.Generator().manual_seed(map_seed)
             for name in ("proj1", "proj2"):
@@ -141,26 +161,22 @@ class OmniBlock(nn.Module):
         else:
             self.proj1 = OutputMap(dim)
             self.proj2 = OutputMap(dim)
-        height, width = self.feature_size
-        rows = torch.div(torch.arange(height) * grid, height, rounding_mode="floor")
-        cols = torch.div(torch.arange(width) * grid, width, rounding_mode="floor")
-        self.register_buffer("up_index", (rows[:, None] * grid + cols[None, :]).flatten(), persistent=False)
+        self.register_buffer("up_index", _up_index(self.feature_size, math.isqrt(num_tokens)), persistent=False)
 
-        # local branch
-        self.local3 = DepthwiseBranch(dim, 3)
-        self.local5 = DepthwiseBranch(dim, 5)
-        self.fuse = nn.Conv2d(2 * dim, dim, 1)
-        self.fuse_norm = nn.InstanceNorm2d(dim)
+    def _build_local_branch(self) -> None:
+        """Depthwise 3 x 3 and 5 x 5 paths and their 1 x 1 fusion (eqs. 2-4)."""
+        self.local3 = DepthwiseBranch(self.dim, 3)
+        self.local5 = DepthwiseBranch(self.dim, 5)
+        self.fuse = nn.Conv2d(2 * self.dim, self.dim, 1)
+        self.fuse_norm = nn.InstanceNorm2d(self.dim)
 
-        # fusion MLP
-        self.fc1 = nn.Linear(dim, dim)
-        self.fc2 = nn.Linear(dim, dim)
-
+    def _init_weights(self) -> None:
+        """Truncated-normal linear weights, zero biases; Q̄ and S̄ truncated-normal too unless in official mode."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
-        if not official_code_behaviour:
+        if not self.official_code_behaviour:
             nn.init.trunc_normal_(self.query_tokens, std=0.02)
             nn.init.trunc_normal_(self.kv_tokens, std=0.02)
 

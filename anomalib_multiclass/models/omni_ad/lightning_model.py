@@ -7,14 +7,17 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn, optim
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
-from anomalib_multiclass.models.components.training import FeatureCacheMixin
+from anomalib_multiclass.models.components.steps import log_losses, with_predictions
+from anomalib_multiclass.models.components.training import FeatureCacheMixin, same_named_arguments
 from anomalib_multiclass.models.omni_ad.loss import OmniADLoss
 from anomalib_multiclass.models.omni_ad.torch_model import OmniADModel
 
@@ -64,8 +67,6 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
     """
 
-    loss_inputs = ("reconstructions", "features")  # the torch model's training outputs the loss takes, in order
-
     def __init__(
         self,
         backbone: str = "resnet34.bt_in1k",
@@ -102,22 +103,7 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.model = OmniADModel(
-            backbone=backbone,
-            layers=layers,
-            pre_trained=pre_trained,
-            backbone_weights=backbone_weights,
-            input_size=self.model_input_size,
-            dims=dims,
-            depths=depths,
-            num_tokens=num_tokens,
-            num_heads=num_heads,
-            jitter_scale=jitter_scale,
-            jitter_prob=jitter_prob,
-            blur_sigma=blur_sigma,
-            official_code_behaviour=official_code_behaviour,
-            double_input_residual=double_input_residual,
-        )
+        self.model = OmniADModel(**same_named_arguments(OmniADModel, locals(), input_size=self.model_input_size))
         self.loss = OmniADLoss()
         self.lr = lr
         self.weight_decay = weight_decay
@@ -125,6 +111,19 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         self.lr_gamma = lr_gamma
         self.gradient_clip_val = gradient_clip_val
         self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
+
+    def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """1 - cosine between each teacher map (from the cache when possible) and the decoder's reconstruction of it."""
+        del args, kwargs
+        output = self.model(batch.image, features=self.cached_features(batch))
+        loss = self.loss(output["reconstructions"], output["features"])
+        log_losses(self, {"loss": loss}, len(batch.image))
+        return {"loss": loss}
+
+    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """Anomaly maps (blurred) and scores (their maximum) from the image alone."""
+        del args, kwargs
+        return with_predictions(batch, self.model(batch.image))
 
     def _decay_step(self) -> int | None:
         """Optimiser step at which the learning rate drops (80 % of the run), or ``None`` if the run is unbounded."""

@@ -12,17 +12,16 @@ nearest-neighbour token upsampling is an index buffer built from ``input_size``,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from anomalib.models.components import GaussianBlur2d
 from torch import nn
 
 from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
 from anomalib_multiclass.models.components.feature_extractor import FrozenBackbone
 from anomalib_multiclass.models.components.jitter import feature_jitter
+from anomalib_multiclass.models.components.scoring import check_feature_sizes, score_blur
 from anomalib_multiclass.models.omni_ad.blocks import OmniDecoder
 from anomalib_multiclass.models.omni_ad.neck import FusionNeck
 
@@ -123,8 +122,7 @@ class OmniADModel(nn.Module):
         )
         self.jitter_scale = jitter_scale
         self.jitter_prob = jitter_prob
-        kernel = 2 * math.ceil(4 * blur_sigma) + 1  # scipy's truncate=4 support: 33 taps for σ = 4
-        self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1, kernel_size=kernel)
+        self.blur = score_blur(blur_sigma)
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The frozen part: images (B, 3, H, W) -> [e1, e2, e3] teacher maps (the decoder's targets)."""
@@ -132,13 +130,7 @@ class OmniADModel(nn.Module):
 
     def reconstruct(self, features: Sequence[torch.Tensor], explicit_attention: bool = False) -> list[torch.Tensor]:
         """[e1, e2, e3] -> their reconstructions [d1, d2, d3] (same shapes); jitter in training only."""
-        sizes = [tuple(f.shape[-2:]) for f in features]
-        if sizes != self.feature_sizes:
-            msg = (
-                f"Teacher maps {sizes} do not match the model's {self.feature_sizes}: the model was built for "
-                f"{self.input_size[0]}x{self.input_size[1]} images."
-            )
-            raise ValueError(msg)
+        check_feature_sizes([f.shape[-2:] for f in features], self.feature_sizes, self.input_size)
         z = self.neck(features)
         if self.training:
             z = feature_jitter(z, self.jitter_scale, self.jitter_prob, dim=1)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn, optim
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
-from anomalib_multiclass.models.components.training import FeatureCacheMixin
+from anomalib_multiclass.models.components.steps import log_losses, with_predictions
+from anomalib_multiclass.models.components.training import FeatureCacheMixin, same_named_arguments
 from anomalib_multiclass.models.rlr.loss import RLRLoss
 from anomalib_multiclass.models.rlr.torch_model import RLRModel
 
@@ -51,8 +55,6 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
     """
 
-    loss_inputs = ("reconstructions", "features")  # the torch model's training outputs the loss takes, in order
-
     def __init__(
         self,
         backbone: str = "tf_efficientnet_b6.aa_in1k",
@@ -86,26 +88,23 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.model = RLRModel(
-            backbone=backbone,
-            layers=layers,
-            pre_trained=pre_trained,
-            backbone_weights=backbone_weights,
-            input_size=self.model_input_size,
-            hidden_dims=hidden_dims,
-            windows=windows,
-            num_blocks=num_blocks,
-            num_heads=num_heads,
-            lca_weight=lca_weight,
-            pool_size=pool_size,
-            jitter_scale=jitter_scale,
-            jitter_prob=jitter_prob,
-            blur_sigma=blur_sigma,
-            dense_attention=dense_attention,
-        )
+        self.model = RLRModel(**same_named_arguments(RLRModel, locals(), input_size=self.model_input_size))
         self.loss = RLRLoss()
         self.lr = lr
         self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
+
+    def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """MSE + (1 - cosine) between each level's pooled features (cached when possible) and their reconstruction."""
+        del args, kwargs
+        output = self.model(batch.image, features=self.cached_features(batch))
+        loss = self.loss(output["reconstructions"], output["features"])
+        log_losses(self, {"loss": loss}, len(batch.image))
+        return {"loss": loss}
+
+    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """Anomaly maps and scores (maximum of the blurred map) from the image alone."""
+        del args, kwargs
+        return with_predictions(batch, self.model(batch.image))
 
     def configure_optimizers(self) -> optim.Optimizer:
         """Adam, lr 1e-4, betas (0.9, 0.999), no weight decay, no schedule (the official code)."""

@@ -13,12 +13,10 @@ N × N weights). ``dense=True`` computes the textbook equations instead (tests a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from anomalib.models.components import GaussianBlur2d
 from torch import nn
 
 from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
@@ -30,6 +28,7 @@ from anomalib_multiclass.models.components.attention import (
 )
 from anomalib_multiclass.models.components.feature_extractor import MultiStageFeatureExtractor
 from anomalib_multiclass.models.components.jitter import feature_jitter
+from anomalib_multiclass.models.components.scoring import check_feature_sizes, score_blur
 
 
 def sincos_position_table(height: int, width: int, dim: int) -> torch.Tensor:
@@ -205,8 +204,7 @@ class RLRModel(nn.Module):
         self.jitter_scale = jitter_scale
         self.jitter_prob = jitter_prob
         self.dense_attention = dense_attention
-        kernel = 2 * math.ceil(4 * blur_sigma) + 1  # scipy's truncate=4 support (33 taps for σ = 4)
-        self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1, kernel_size=kernel)
+        self.blur = score_blur(blur_sigma)
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The frozen part: images -> per-level pooled maps (B, C_j, h_j, w_j), the network's input and target."""
@@ -217,15 +215,12 @@ class RLRModel(nn.Module):
 
     def reconstruct(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Per-level reconstruction (B, C_j, h_j, w_j); tokens are perturbed in training only."""
+        check_feature_sizes(
+            [f.shape[-2:] for f in features], [level.feature_size for level in self.levels], self.input_size
+        )
         reconstructions = []
         for level, feature in zip(self.levels, features, strict=True):
             batch, channels, height, width = feature.shape
-            if (height, width) != level.feature_size:
-                msg = (
-                    f"Feature map {height}x{width} does not match the level's {level.feature_size}: the model was "
-                    f"built for {self.input_size[0]}x{self.input_size[1]} images."
-                )
-                raise ValueError(msg)
             tokens = feature.flatten(2).transpose(1, 2)
             if self.training:
                 tokens = feature_jitter(tokens, self.jitter_scale, self.jitter_prob)

@@ -5,16 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 
 from anomalib_multiclass.models.components.base import MultiClassMixin
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
+from anomalib_multiclass.models.components.steps import log_losses, with_predictions
 from anomalib_multiclass.models.components.training import (
     FeatureCacheMixin,
     adamw_with_step_decay,
+    same_named_arguments,
 )
 from anomalib_multiclass.models.uniad.loss import UniADLoss
 from anomalib_multiclass.models.uniad.torch_model import UniADModel
@@ -63,8 +67,6 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
     """
 
-    loss_inputs = ("reconstruction", "features")  # the torch model's training outputs the loss takes, in order
-
     def __init__(
         self,
         backbone: str = "tf_efficientnet_b4.aa_in1k",
@@ -104,25 +106,7 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self.model = UniADModel(
-            backbone=backbone,
-            layers=layers,
-            pre_trained=pre_trained,
-            backbone_weights=backbone_weights,
-            input_size=self.model_input_size,
-            hidden_dim=hidden_dim,
-            num_heads=num_heads,
-            ffn_dim=ffn_dim,
-            num_encoder_layers=num_encoder_layers,
-            num_decoder_layers=num_decoder_layers,
-            dropout=dropout,
-            neighbor_size=neighbor_size,
-            neighbor_mask_in=neighbor_mask_in,
-            layerwise_query=layerwise_query,
-            jitter_scale=jitter_scale,
-            jitter_prob=jitter_prob,
-            pool_size=pool_size,
-        )
+        self.model = UniADModel(**same_named_arguments(UniADModel, locals(), input_size=self.model_input_size))
         self.loss = UniADLoss()
         self.lr = lr
         self.weight_decay = weight_decay
@@ -130,6 +114,19 @@ class UniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         self.lr_gamma = lr_gamma
         self.gradient_clip_val = gradient_clip_val
         self.feature_cache = FrozenFeatureCache(max_bytes=feature_cache_max_bytes, enabled=cache_features)
+
+    def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """MSE between the frozen features (cached when possible) and their reconstruction from jittered ones."""
+        del args, kwargs
+        output = self.model(batch.image, features=self.cached_features(batch))
+        loss = self.loss(output["reconstruction"], output["features"])
+        log_losses(self, {"loss": loss}, len(batch.image))
+        return {"loss": loss}
+
+    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """Anomaly maps and scores from the image alone (the post-processor learns its statistics from them)."""
+        del args, kwargs
+        return with_predictions(batch, self.model(batch.image))
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with a step decay (UniAD: lr 1e-4, weight decay 1e-4, × 0.1 at epoch 800)."""

@@ -17,8 +17,7 @@ from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
 from anomalib_multiclass.models.components.feature_extractor import MultiStageFeatureExtractor
 from anomalib_multiclass.models.components.jitter import feature_jitter
 from anomalib_multiclass.models.components.reconstruction import ReconstructionTransformer
-
-UniADReconstruction = ReconstructionTransformer
+from anomalib_multiclass.models.components.scoring import check_feature_sizes, pooled_max
 
 
 class UniADModel(nn.Module):
@@ -96,12 +95,7 @@ class UniADModel(nn.Module):
     def reconstruct(self, features: torch.Tensor) -> torch.Tensor:
         """Features (B, C, h, w) -> reconstruction (B, C, h, w); jitter is added in training only."""
         batch, channels, height, width = features.shape
-        if (height, width) != self.feature_size:
-            msg = (
-                f"Feature map {height}x{width} does not match the model's {self.feature_size}: the model was built "
-                f"for {self.input_size[0]}x{self.input_size[1]} images."
-            )
-            raise ValueError(msg)
+        check_feature_sizes([(height, width)], [self.feature_size], self.input_size)
         tokens = features.flatten(2).transpose(1, 2)
         if self.training:
             tokens = feature_jitter(tokens, self.jitter_scale, self.jitter_prob)
@@ -114,14 +108,8 @@ class UniADModel(nn.Module):
         return F.interpolate(distance, size=size, mode="bilinear", align_corners=True)
 
     def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
-        """Maximum of the ``pool_size`` × ``pool_size`` average-pooled map: (B,).
-
-        The pooling runs as a column then a row mean (the same values, 2k instead of k² additions per pixel): one
-        16 × 16 pooling of a one-channel map was the slowest layer of the exported graph on a CPU (issue 27).
-        """
-        k = self.pool_size
-        pooled = F.avg_pool2d(F.avg_pool2d(anomaly_map, (k, 1), stride=1), (1, k), stride=1) if k > 1 else anomaly_map
-        return pooled.flatten(1).amax(dim=1)
+        """Maximum of the ``pool_size`` × ``pool_size`` average-pooled map: (B,)."""
+        return pooled_max(anomaly_map, self.pool_size)
 
     def forward(
         self,
