@@ -1,8 +1,10 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from anomalib_multiclass.models.components.attention import MultiHeadAttention, neighbor_mask
+from anomalib_multiclass.models.components.blur import MatrixGaussianBlur2d, reflected_band_matrix
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
 from anomalib_multiclass.models.components.jitter import feature_jitter
 from anomalib_multiclass.models.components.transformer import LearnedPositionEmbedding
@@ -87,3 +89,35 @@ def test_feature_cache_handles_lists_of_maps():
     first = cache.get_or_compute(["x", "y"], images, lambda im: [im, im * 3])
     second = cache.get_or_compute(["y", "x"], images[[1, 0]], lambda im: pytest.fail("should come from the cache"))
     assert torch.equal(second[1], first[1][[1, 0]])
+
+
+@pytest.mark.parametrize(
+    ("size", "kwargs"),
+    [
+        ((64, 64), {"sigma": 4.0, "kernel_size": 33}),
+        ((48, 40), {"sigma": (4.0, 4.0)}),
+        ((20, 28), {"sigma": (1.0, 2.0)}),
+    ],
+)
+def test_matrix_blur_is_anomalibs_gaussian_blur(size, kwargs):
+    """Two banded matrix products give anomalib's reflected 2-D convolution; the checkpoint keeps its one buffer."""
+    from anomalib.models.components import GaussianBlur2d
+
+    torch.manual_seed(0)
+    reference, ours = GaussianBlur2d(channels=1, **kwargs), MatrixGaussianBlur2d(channels=1, size=size, **kwargs)
+    maps = torch.rand(3, 1, *size)
+    torch.testing.assert_close(ours(maps), reference(maps), atol=1e-5, rtol=0)
+    other = torch.rand(2, 1, size[0] + 4, size[1] + 2)  # another size: anomalib's convolution itself
+    torch.testing.assert_close(ours(other), reference(other))
+    assert list(ours.state_dict()) == list(reference.state_dict()) == ["kernel"]
+    ours.load_state_dict(reference.state_dict())
+
+
+def test_reflected_band_matrix_reflects_like_torch_pad():
+    kernel = torch.tensor([0.25, 0.5, 0.25])
+    signal = torch.arange(6.0)
+    matrix = torch.from_numpy(reflected_band_matrix(6, kernel.double().numpy())).float()
+    padded = nn.functional.pad(signal.view(1, 1, -1), (1, 1), mode="reflect")
+    torch.testing.assert_close(matrix @ signal, nn.functional.conv1d(padded, kernel.view(1, 1, -1)).flatten())
+    with pytest.raises(ValueError, match="at least 3 pixels"):
+        reflected_band_matrix(2, np.ones(5) / 5)

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from anomalib.models.components import GaussianBlur2d
 from anomalib.models.components.backbone import get_decoder
 from anomalib.models.image.reverse_distillation.components import get_bottleneck_layer
 from torch import nn
 
 from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
+from anomalib_multiclass.models.components.blur import MatrixGaussianBlur2d
 from anomalib_multiclass.models.components.feature_extractor import FrozenBackbone, _truncate_after_last_stage
 from anomalib_multiclass.models.lgc.mirrored_rd import (
     EncoderWidths,
@@ -133,7 +133,7 @@ class LGCModel(nn.Module):
         else:
             self.bottleneck = MirroredBottleneck(widths)
             self.decoder = MirroredDecoder(widths)
-        self.blur = GaussianBlur2d(sigma=(float(sigma), float(sigma)), channels=1)
+        self.blur = MatrixGaussianBlur2d(sigma=(float(sigma), float(sigma)), channels=1, size=self.input_size)
         self.use_feature_noise = feature_noise
         self.feature_noise_prob = feature_noise_prob
 

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from anomalib.models.components import GaussianBlur2d
 from torch import nn
 
 from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
+from anomalib_multiclass.models.components.blur import MatrixGaussianBlur2d
 from anomalib_multiclass.models.components.feature_extractor import FrozenBackbone
 from anomalib_multiclass.models.components.jitter import feature_jitter
 from anomalib_multiclass.models.omni_ad.blocks import OmniDecoder
@@ -124,7 +124,7 @@ class OmniADModel(nn.Module):
         self.jitter_scale = jitter_scale
         self.jitter_prob = jitter_prob
         kernel = 2 * math.ceil(4 * blur_sigma) + 1  # scipy's truncate=4 support: 33 taps for σ = 4
-        self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1, kernel_size=kernel)
+        self.blur = MatrixGaussianBlur2d(sigma=blur_sigma, channels=1, kernel_size=kernel, size=self.input_size)
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The frozen part: images (B, 3, H, W) -> [e1, e2, e3] teacher maps (the decoder's targets)."""

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from anomalib.models.components import GaussianBlur2d
 from torch import nn
 
 from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
@@ -28,6 +27,7 @@ from anomalib_multiclass.models.components.attention import (
     neighbor_mask,
     window_index,
 )
+from anomalib_multiclass.models.components.blur import MatrixGaussianBlur2d
 from anomalib_multiclass.models.components.feature_extractor import MultiStageFeatureExtractor
 from anomalib_multiclass.models.components.jitter import feature_jitter
 
@@ -206,7 +206,7 @@ class RLRModel(nn.Module):
         self.jitter_prob = jitter_prob
         self.dense_attention = dense_attention
         kernel = 2 * math.ceil(4 * blur_sigma) + 1  # scipy's truncate=4 support (33 taps for σ = 4)
-        self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1, kernel_size=kernel)
+        self.blur = MatrixGaussianBlur2d(sigma=blur_sigma, channels=1, kernel_size=kernel, size=self.input_size)
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The frozen part: images -> per-level pooled maps (B, C_j, h_j, w_j), the network's input and target."""
