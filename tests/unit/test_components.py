@@ -4,7 +4,11 @@ import torch
 from torch import nn
 
 from anomalib_multiclass.models.components.attention import MultiHeadAttention, neighbor_mask
-from anomalib_multiclass.models.components.blur import MatrixGaussianBlur2d, reflected_band_matrix
+from anomalib_multiclass.models.components.blur import (
+    MatrixGaussianBlur2d,
+    align_corners_matrix,
+    reflected_band_matrix,
+)
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
 from anomalib_multiclass.models.components.jitter import feature_jitter
 from anomalib_multiclass.models.components.transformer import LearnedPositionEmbedding
@@ -121,3 +125,24 @@ def test_reflected_band_matrix_reflects_like_torch_pad():
     torch.testing.assert_close(matrix @ signal, nn.functional.conv1d(padded, kernel.view(1, 1, -1)).flatten())
     with pytest.raises(ValueError, match="at least 3 pixels"):
         reflected_band_matrix(2, np.ones(5) / 5)
+
+
+@pytest.mark.parametrize(
+    ("size", "sources"), [((128, 128), [(32, 32), (16, 16), (8, 8)]), ((48, 80), [(12, 20), (6, 10), (1, 5)])]
+)
+def test_upsampled_mean_is_interpolate_mean_and_blur(size, sources):
+    """The anomaly map of Omni-AD and LGC: upsampling folded into the blur's matrices gives the same map."""
+    from anomalib.models.components import GaussianBlur2d
+
+    torch.manual_seed(0)
+    ours = MatrixGaussianBlur2d(sigma=(4.0, 4.0), channels=1, size=size, sources=sources)
+    reference = GaussianBlur2d(sigma=(4.0, 4.0), channels=1)
+    maps = [torch.rand(2, 1, *source) for source in sources]
+    upsampled = [nn.functional.interpolate(m, size=size, mode="bilinear", align_corners=True) for m in maps]
+    expected = reference(torch.stack(upsampled).mean(dim=0))
+    torch.testing.assert_close(ours.upsampled_mean(maps, size), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.upsampled_mean(maps[:2], size), reference(torch.stack(upsampled[:2]).mean(0)))
+    assert list(ours.state_dict()) == ["kernel"]
+    line = torch.rand(1, 1, 1, 7)
+    resampled = nn.functional.interpolate(line, size=(1, 19), mode="bilinear", align_corners=True).flatten()
+    torch.testing.assert_close(torch.from_numpy(align_corners_matrix(19, 7)).float() @ line.flatten(), resampled)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from anomalib.models.components import GaussianBlur2d
 
 
@@ -41,6 +42,20 @@ def reflected_band_matrix(size: int, kernel: np.ndarray) -> np.ndarray:
     return matrix
 
 
+def align_corners_matrix(size: int, source: int) -> np.ndarray:
+    """(size, source) matrix M with ``M @ x`` = ``x`` linearly resampled to ``size`` points, corners aligned.
+
+    One axis of ``torch.nn.functional.interpolate(mode="bilinear", align_corners=True)``.
+    """
+    matrix = np.zeros((size, source))
+    position = np.arange(size) * ((source - 1) / (size - 1) if size > 1 else 0.0)
+    low = np.clip(np.floor(position).astype(int), 0, source - 1)
+    high = np.minimum(low + 1, source - 1)
+    np.add.at(matrix, (np.arange(size), low), 1 - (position - low))
+    np.add.at(matrix, (np.arange(size), high), position - low)
+    return matrix
+
+
 class MatrixGaussianBlur2d(GaussianBlur2d):
     """anomalib's ``GaussianBlur2d`` (same arguments, same ``kernel`` buffer, same output) as two matrix products.
 
@@ -48,6 +63,8 @@ class MatrixGaussianBlur2d(GaussianBlur2d):
         sigma, channels, kernel_size: as anomalib's ``GaussianBlur2d`` (reflected border, "same" size).
         size: (H, W) of the maps the model blurs (its input size): the two banded matrices are built for it. Maps of
             another size go through anomalib's convolution.
+        sources: (h, w) of the maps that :meth:`upsampled_mean` upsamples to ``size`` before the blur (the feature
+            maps' sizes): each gets the product of the bilinear upsampling and the blur, two small matrices.
     """
 
     def __init__(
@@ -56,6 +73,7 @@ class MatrixGaussianBlur2d(GaussianBlur2d):
         channels: int = 1,
         kernel_size: int | tuple[int, int] | None = None,
         size: Sequence[int] | None = None,
+        sources: Sequence[Sequence[int]] = (),
     ) -> None:
         super().__init__(sigma=sigma, channels=channels, kernel_size=kernel_size)
         self.size = None if size is None else (int(size[0]), int(size[1]))
@@ -70,6 +88,13 @@ class MatrixGaussianBlur2d(GaussianBlur2d):
         self.cols_t: torch.Tensor
         self.register_buffer("rows_t", rows.T.contiguous(), persistent=False)
         self.register_buffer("cols_t", cols.T.contiguous(), persistent=False)
+        self.sources = [(int(h), int(w)) for h, w in sources] if self.size is not None else []
+        for index, (height, width) in enumerate(self.sources):
+            # blur after upsampling: R @ (Uh @ m @ Uw.T) @ C.T = (R @ Uh) @ m @ (C @ Uw).T
+            up_rows = rows.double() @ torch.from_numpy(align_corners_matrix(self.size[0], height))
+            up_cols = cols.double() @ torch.from_numpy(align_corners_matrix(self.size[1], width))
+            self.register_buffer(f"up_rows_t_{index}", up_rows.T.float().contiguous(), persistent=False)
+            self.register_buffer(f"up_cols_t_{index}", up_cols.T.float().contiguous(), persistent=False)
 
     def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:
         """Blur (B, C, H, W) maps: ``R @ X @ C.T`` at the built size, anomalib's convolution at any other."""
@@ -79,3 +104,22 @@ class MatrixGaussianBlur2d(GaussianBlur2d):
         # along each column: on the transposed map, so that the map stays the first (activation) input of both
         # products and INT8 export recognises them as anomaly-map operations that stay in floating point
         return (blurred.transpose(-1, -2) @ self.rows_t.to(input_tensor.dtype)).transpose(-1, -2)
+
+    def upsampled_mean(self, maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        """The blur of the mean of ``maps`` upsampled to ``size`` (bilinear, ``align_corners=True``): (B, C, H, W).
+
+        For maps of the ``sources`` sizes and ``size`` the built one: per map two products with the upsampling
+        folded into the blur's matrices (the upsampled maps are never formed; on a CPU the upsampling of each map
+        cost about as much as the blur's products, issue 27). Otherwise ``F.interpolate``, mean and the blur.
+        """
+        if self.size is None or tuple(size) != self.size or [tuple(m.shape[-2:]) for m in maps] != self.sources:
+            upsampled = [F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=True) for m in maps]
+            return self(torch.stack(upsampled).mean(dim=0))
+        blurred = [
+            (
+                (m @ getattr(self, f"up_cols_t_{i}").to(m.dtype)).transpose(-1, -2)
+                @ getattr(self, f"up_rows_t_{i}").to(m.dtype)
+            ).transpose(-1, -2)
+            for i, m in enumerate(maps)
+        ]
+        return torch.stack(blurred).mean(dim=0)
