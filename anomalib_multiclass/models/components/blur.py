@@ -12,6 +12,11 @@ of an (H, W) map is ``R @ X @ C.T`` with R (H × H) and C (W × W) banded matric
 reflected border folded in: 2 (H + W) multiply-adds per pixel as a dense matrix product, which a CPU runs at close
 to its peak. The result equals anomalib's convolution up to float rounding; the ``kernel`` buffer (and so every
 checkpoint) is unchanged, the matrices are built from it and not saved.
+
+Omni-AD and LGC blur the mean of three stage maps upsampled (bilinear, corners aligned) to the image: upsampling is
+linear too, so :meth:`MatrixGaussianBlur2d.upsampled_mean` folds it into the blur's matrices, two small products per
+stage map, and the upsampled maps are never formed (their ``Interpolate`` layers were the next costliest float
+layers of the INT8 graphs).
 """
 
 from __future__ import annotations
