@@ -203,6 +203,7 @@ def measure_model(
     result: dict[str, Any] = {
         "epochs": epochs, "input px": size, "exports": {}, "variants": {},
         "default encoder INT8": type(model).int8_quantize_encoder,
+        "default float precision": type(model).int8_float_precision,
     }  # fmt: skip
     for export in EXPORTS:
         log(f"edge: {name} export {export}")
@@ -242,7 +243,7 @@ def summary_rows(results: dict[str, dict]) -> list[Row]:
             rows.append(Row(name, "-", note=f"failed: {result['error']}"))
             continue
         fp32 = result["variants"].get("fp32", {})
-        default = "INT8, encoder INT8" if result.get("default encoder INT8") else "INT8, encoder float"
+        default = _default_variant(result)
         for variant, values in result["variants"].items():
             setting = variant + (" (default)" if variant == default else "")
             if "error" in values or "bN img/s" not in values:
@@ -320,7 +321,9 @@ def reading(results: dict[str, dict]) -> str:
 
 
 def _default_variant(result: dict) -> str:
-    return "INT8, encoder INT8" if result.get("default encoder INT8") else "INT8, encoder float"
+    """The row a user gets: the model's encoder setting; "f32 rest" where the export carries the f32 hint."""
+    variant = "INT8, encoder INT8" if result.get("default encoder INT8") else "INT8, encoder float"
+    return variant + (", f32 rest" if result.get("default float precision") == "f32" else "")
 
 
 def _speed_phrase(values: dict, fp32: dict) -> str:
