@@ -203,6 +203,7 @@ def measure_model(
     result: dict[str, Any] = {
         "epochs": epochs, "input px": size, "exports": {}, "variants": {},
         "default encoder INT8": type(model).int8_quantize_encoder,
+        "default float precision": type(model).int8_float_precision,
     }  # fmt: skip
     for export in EXPORTS:
         log(f"edge: {name} export {export}")
@@ -242,7 +243,7 @@ def summary_rows(results: dict[str, dict]) -> list[Row]:
             rows.append(Row(name, "-", note=f"failed: {result['error']}"))
             continue
         fp32 = result["variants"].get("fp32", {})
-        default = "INT8, encoder INT8" if result.get("default encoder INT8") else "INT8, encoder float"
+        default = _default_variant(result)
         for variant, values in result["variants"].items():
             setting = variant + (" (default)" if variant == default else "")
             if "error" in values or "bN img/s" not in values:
@@ -319,6 +320,87 @@ def reading(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _default_variant(result: dict) -> str:
+    """The row a user gets: the model's encoder setting; "f32 rest" where the export carries the f32 hint."""
+    variant = "INT8, encoder INT8" if result.get("default encoder INT8") else "INT8, encoder float"
+    return variant + (", f32 rest" if result.get("default float precision") == "f32" else "")
+
+
+def _speed_phrase(values: dict, fp32: dict) -> str:
+    """``b1 1.23x / bN 2.01x, mean -0.3 / worst category -1.7 points``: one variant against fp32."""
+    drop = values["auroc"]["mean"]["image_AUROC"] - fp32["auroc"]["mean"]["image_AUROC"]
+    return (
+        f"{fp32['b1 ms'] / values['b1 ms']:.2f}x / {values['bN img/s'] / fp32['bN img/s']:.2f}x, image AUROC "
+        f"{drop * 100:+.1f} mean / {_worst_category_drop(values, fp32) * 100:+.1f} worst category points"
+    )
+
+
+def _misses(values: dict, fp32: dict) -> list[str]:
+    misses = []
+    if values["auroc"]["mean"]["image_AUROC"] - fp32["auroc"]["mean"]["image_AUROC"] < -TARGET_AUROC_DROP:
+        misses.append("mean AUROC")
+    if _worst_category_drop(values, fp32) < -TARGET_CATEGORY_DROP:
+        misses.append("a category's AUROC")
+    if values["bN img/s"] / fp32["bN img/s"] < TARGET_SPEEDUP:
+        misses.append(f"batch N under {TARGET_SPEEDUP:g}x")
+    if fp32["b1 ms"] / values["b1 ms"] < TARGET_SPEEDUP_B1:
+        misses.append(f"batch 1 under {TARGET_SPEEDUP_B1:g}x")
+    return misses
+
+
+def _where(info: dict) -> str:
+    """Where one variant's batch-N time goes: precision shares, costliest layer type and costliest layer."""
+    total = info["ms"]
+    shares = ", ".join(f"{p} {ms / total:.0%}" for p, ms in info["ms_by_precision"].items() if ms / total >= 0.005)
+    text = f"{shares}; costliest layer type {info['top'][0]['layer']} `{info['top'][0]['exec_type']}` "
+    text += f"{info['top'][0]['share']:.0%}"
+    if info.get("top_nodes"):
+        node = info["top_nodes"][0]
+        text += f", costliest layer `{node['name']}` ({node['layer']} `{node['exec_type']}`) {node['share']:.0%}"
+    return text
+
+
+def why(results: dict[str, dict], previous: dict[str, dict] | None = None) -> str:
+    """Per model: whether the default INT8 export meets the goal and, measured, why not (issue 27).
+
+    Everything comes from the results: the default INT8 row against fp32, where its batch-N time goes (OpenVINO's
+    counters: precision shares, the costliest layer type and single layer), and what each other INT8 variant of
+    the run (the encoder quantized too; the float rest in f32) gives. ``previous``: the results of an earlier
+    run (e.g. the committed ``edge.json`` before a change), whose default INT8 row is quoted for comparison.
+    """
+    lines = []
+    for name, result in results.items():
+        variants = result.get("variants", {})
+        fp32, default = variants.get("fp32", {}), variants.get(_default_variant(result), {})
+        if "bN img/s" not in fp32 or "bN img/s" not in default:
+            continue
+        misses = _misses(default, fp32)
+        status = "**goal met**" if not misses else "**misses** " + ", ".join(misses)
+        text = f"- **{name}**: default INT8 ({_default_variant(result)}) {_speed_phrase(default, fp32)}: {status}."
+        if "counters" in default:
+            text += f" INT8 batch-N time: {_where(default['counters'])}."
+        if "counters" in fp32:
+            text += f" fp32: {_where(fp32['counters'])}."
+        tried = [
+            f"{variant}: {_speed_phrase(values, fp32)}"
+            + (" (meets the goal)" if not _misses(values, fp32) else f" (misses {', '.join(_misses(values, fp32))})")
+            for variant, values in variants.items()
+            if variant.startswith("INT8") and variant != _default_variant(result) and "bN img/s" in values
+        ]
+        if tried:
+            text += " Tried: " + "; ".join(tried) + "."
+        before = (previous or {}).get(name, {})
+        old_fp32 = before.get("variants", {}).get("fp32", {})
+        old_default = before.get("variants", {}).get(_default_variant(before), {})
+        if "bN img/s" in old_fp32 and "bN img/s" in old_default:
+            text += f" Previous run: default INT8 {_speed_phrase(old_default, old_fp32)}"
+            if "counters" in old_default:
+                text += f"; its INT8 batch-N time: {_where(old_default['counters'])}"
+            text += "."
+        lines.append(text)
+    return "\n".join(lines)
+
+
 def category_rows(results: dict[str, dict]) -> list[Row]:
     """Image and pixel AUROC of every category, per model and variant."""
     rows = []
@@ -358,9 +440,22 @@ def code_commit() -> str:
     return result.stdout.strip()
 
 
-def report(results: dict[str, dict], cfg: dict[str, Any], command: str, minutes: float, machine: dict[str, Any]) -> str:
-    """The markdown fragment for BENCHMARKS.md."""
+def report(
+    results: dict[str, dict],
+    cfg: dict[str, Any],
+    command: str,
+    minutes: float,
+    machine: dict[str, Any],
+    previous: dict[str, Any] | None = None,
+) -> str:
+    """The markdown fragment for BENCHMARKS.md (``previous``: a saved earlier run, quoted in the "why" lines)."""
     precision = machine["precision"]
+    earlier = ""
+    if previous is not None:
+        earlier = (
+            f' "Previous run": the default INT8 row of `{previous["command"]}` (code at commit '
+            f"{previous['machine'].get('commit', 'unknown')}), quoted for comparison."
+        )
     epochs = {r["epochs"] for r in results.values() if "epochs" in r}
     return f"""## Edge: OpenVINO fp32, bf16 and INT8 (CPU)
 
@@ -403,6 +498,13 @@ Per category (I: image AUROC, P: pixel AUROC):
 Reading, model by model (from the tables above):
 
 {reading(results)}
+
+Why, model by model: the default INT8 export against the goal and, measured, where its batch-{cfg["speed_batch"]} time
+goes (precision shares of the layers' time, the costliest layer type and the costliest single layer, by its
+name in the graph), then what the other INT8 variants of this run give (batch 1 / batch {cfg["speed_batch"]}
+speed-up over fp32, image AUROC change in points).{earlier}
+
+{why(results, (previous or {}).get("results"))}
 """
 
 
@@ -431,12 +533,16 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs of every model (default: schedule)")
     parser.add_argument(
+        "--previous", type=Path, nargs="+", default=None,
+        help="saved edge.json files of an earlier run (later ones win per model): its default INT8 rows are quoted",
+    )  # fmt: skip
+    parser.add_argument(
         "--render", type=Path, nargs="+", default=None,
         help="rewrite the markdown of saved edge.json files only (several: one report, models of runs made at once)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.render is not None:
-        return render(*args.render)
+        return render(*args.render, previous=args.previous)
     cfg = SIZES[args.size]
     torch.set_flush_denormal(True)  # denormal floats in a decoder's tail can slow a CPU step many times over
 
@@ -475,10 +581,10 @@ def main(argv: list[str] | None = None) -> Path:
             minutes = (time.perf_counter() - started) / 60
             saved = {"command": command, "minutes": minutes, "size": args.size, "machine": machine, "results": results}
             (args.output_dir / "edge.json").write_text(json.dumps(saved, indent=2))
-    return render(args.output_dir / "edge.json")
+    return render(args.output_dir / "edge.json", previous=args.previous)
 
 
-def render(saved: Path, *more: Path) -> Path:
+def render(saved: Path, *more: Path, previous: list[Path] | None = None) -> Path:
     """Write ``edge.md`` next to a saved ``edge.json`` (its numbers; no measuring).
 
     ``more``: JSON files of runs made at the same commit and size (e.g. two processes, each on some models): their
@@ -495,7 +601,16 @@ def render(saved: Path, *more: Path) -> Path:
         data["minutes"] = max(data["minutes"], other["minutes"])
     machine = data.get("machine") or machine_info()  # older files: the machine rendering them
     markdown = saved.with_name("edge.md")
-    markdown.write_text(report(data["results"], SIZES[data["size"]], data["command"], data["minutes"], machine))
+    earlier = None
+    for path in previous or []:
+        other = json.loads(path.read_text())
+        if earlier is None:
+            earlier = other
+        else:
+            earlier["results"] |= other["results"]
+            earlier["command"] += f"` and `{other['command']}"
+    text = report(data["results"], SIZES[data["size"]], data["command"], data["minutes"], machine, earlier)
+    markdown.write_text(text)
     print(f"wrote {markdown}")
     return markdown
 

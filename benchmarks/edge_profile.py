@@ -95,8 +95,8 @@ def counters(path: Path | str, batch: int, config: dict[str, str], size: tuple[i
     """Per-layer time of one variant (median over ``runs`` inferences), grouped by precision and by layer type.
 
     Returns ``ms`` (the layers' total), ``ms_by_precision``, ``reorder_ms`` (layout/precision conversions the
-    plugin inserted), ``layers_by_precision`` (how many layers ran in each) and ``top`` (the costliest layer
-    types with their ``exec_type``).
+    plugin inserted), ``layers_by_precision`` (how many layers ran in each), ``top`` (the costliest layer
+    types with their ``exec_type``) and ``top_nodes`` (the three costliest single layers, by name).
     """
     request = compile_static(path, batch, config, perf_count=True).create_infer_request()
     inputs = np.random.default_rng(0).random((batch, 3, *size), dtype=np.float32)
@@ -126,12 +126,18 @@ def counters(path: Path | str, batch: int, config: dict[str, str], size: tuple[i
         {"layer": t, "exec_type": e, "ms": round(ms, 3), "share": round(ms / total, 3)}
         for (t, e), ms in by_type.most_common(5)
     ]
+    nodes = sorted(((statistics.median(t), key) for key, t in per_layer.items()), reverse=True)[:3]
+    top_nodes = [
+        {"name": n, "layer": t, "exec_type": e, "ms": round(ms, 3), "share": round(ms / total, 3)}
+        for ms, (n, t, e) in nodes
+    ]
     return {
         "ms": total,
         "ms_by_precision": {p: by_precision[p] for p in PRECISIONS if by_precision[p]},
         "layers_by_precision": {p: layers[p] for p in PRECISIONS if layers[p]},
         "reorder_ms": reorder,
         "top": top,
+        "top_nodes": top_nodes,
     }
 
 

@@ -69,6 +69,21 @@ def hide_extra_outputs(model_path: str | Path) -> list[str]:
     return hidden
 
 
+def runtime_options(path: str | Path) -> dict[str, str]:
+    """The ``runtime_options`` an export carries in its IR (e.g. INT8 RLR: ``INFERENCE_PRECISION_HINT=f32``).
+
+    OpenVINO 2026.4's ``compile_model`` does not apply them for the CPU (its precision stays bf16), so the
+    inferencer passes them as configuration; a ``config`` given by the caller wins.
+    """
+    import xml.etree.ElementTree as ET
+
+    xml = Path(path).with_suffix(".xml")
+    if not xml.is_file():
+        return {}
+    options = ET.parse(xml).getroot().find("rt_info/runtime_options")
+    return {} if options is None else {child.tag: str(child.get("value")) for child in options}
+
+
 class MultiClassOpenVINOInferencer(OpenVINOInferencer):
     """``OpenVINOInferencer`` that returns ``pred_class`` and ``category`` and checks category names.
 
@@ -83,7 +98,7 @@ class MultiClassOpenVINOInferencer(OpenVINOInferencer):
     def __init__(
         self, path: str | Path, device: str | None = "AUTO", config: dict | None = None, category: str | None = None
     ) -> None:
-        super().__init__(path=path, device=device, config=config)
+        super().__init__(path=path, device=device, config={**runtime_options(path), **(config or {})})
         self.path = Path(path)
         self.metadata = read_metadata(path)
         self.category_names: list[str] = self.metadata.get("category_names") or []

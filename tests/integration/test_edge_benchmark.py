@@ -33,6 +33,27 @@ def test_edge_smoke(tmp_path):
     assert len({len(v["bN s"]) for v in results["LGC"]["variants"].values()}) == 1
     assert results["LGC"]["variants"]["fp32"]["counters"]["ms_by_precision"].keys() <= {"f32", "int8", "other"}
     assert results["LGC"]["variants"]["INT8, encoder INT8"]["counters"]["layers_by_precision"]["int8"] > 0
+    assert results["LGC"]["variants"]["fp32"]["counters"]["top_nodes"][0]["name"]  # the costliest layer, by name
+    assert "- **LGC**: default INT8 (INT8, encoder float)" in report  # the per-model why line
+
+
+def test_edge_report_says_per_model_why_from_saved_results(tmp_path):
+    """The "why" lines are computed from a saved run (no measuring): goal status, counters, what was tried."""
+    import shutil
+    from pathlib import Path
+
+    results = Path(__file__).parents[2] / "benchmarks" / "results"
+    saved = shutil.copy(results / "edge.json", tmp_path / "edge.json")
+    _run("benchmarks.edge", "--render", str(saved), "--previous", str(results / "edge.json"))
+    report = (tmp_path / "edge.md").read_text()
+    why = report[report.index("Why, model by model") :]
+    models = json.loads((results / "edge.json").read_text())["results"]
+    for model in models:
+        line = next(line for line in why.splitlines() if line.startswith(f"- **{model}**"))
+        assert "goal met" in line or "misses" in line
+        assert "costliest layer type" in line
+        assert "Tried: INT8, encoder float, f32 rest" in line
+        assert "Previous run: default INT8" in line
 
 
 @pytest.mark.slow  # about 3 minutes on 2 cores

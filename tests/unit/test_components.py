@@ -1,8 +1,14 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from anomalib_multiclass.models.components.attention import MultiHeadAttention, neighbor_mask
+from anomalib_multiclass.models.components.blur import (
+    MatrixGaussianBlur2d,
+    align_corners_matrix,
+    reflected_band_matrix,
+)
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
 from anomalib_multiclass.models.components.jitter import feature_jitter
 from anomalib_multiclass.models.components.transformer import LearnedPositionEmbedding
@@ -87,3 +93,56 @@ def test_feature_cache_handles_lists_of_maps():
     first = cache.get_or_compute(["x", "y"], images, lambda im: [im, im * 3])
     second = cache.get_or_compute(["y", "x"], images[[1, 0]], lambda im: pytest.fail("should come from the cache"))
     assert torch.equal(second[1], first[1][[1, 0]])
+
+
+@pytest.mark.parametrize(
+    ("size", "kwargs"),
+    [
+        ((64, 64), {"sigma": 4.0, "kernel_size": 33}),
+        ((48, 40), {"sigma": (4.0, 4.0)}),
+        ((20, 28), {"sigma": (1.0, 2.0)}),
+    ],
+)
+def test_matrix_blur_is_anomalibs_gaussian_blur(size, kwargs):
+    """Two banded matrix products give anomalib's reflected 2-D convolution; the checkpoint keeps its one buffer."""
+    from anomalib.models.components import GaussianBlur2d
+
+    torch.manual_seed(0)
+    reference, ours = GaussianBlur2d(channels=1, **kwargs), MatrixGaussianBlur2d(channels=1, size=size, **kwargs)
+    maps = torch.rand(3, 1, *size)
+    torch.testing.assert_close(ours(maps), reference(maps), atol=1e-5, rtol=0)
+    other = torch.rand(2, 1, size[0] + 4, size[1] + 2)  # another size: anomalib's convolution itself
+    torch.testing.assert_close(ours(other), reference(other))
+    assert list(ours.state_dict()) == list(reference.state_dict()) == ["kernel"]
+    ours.load_state_dict(reference.state_dict())
+
+
+def test_reflected_band_matrix_reflects_like_torch_pad():
+    kernel = torch.tensor([0.25, 0.5, 0.25])
+    signal = torch.arange(6.0)
+    matrix = torch.from_numpy(reflected_band_matrix(6, kernel.double().numpy())).float()
+    padded = nn.functional.pad(signal.view(1, 1, -1), (1, 1), mode="reflect")
+    torch.testing.assert_close(matrix @ signal, nn.functional.conv1d(padded, kernel.view(1, 1, -1)).flatten())
+    with pytest.raises(ValueError, match="at least 3 pixels"):
+        reflected_band_matrix(2, np.ones(5) / 5)
+
+
+@pytest.mark.parametrize(
+    ("size", "sources"), [((128, 128), [(32, 32), (16, 16), (8, 8)]), ((48, 80), [(12, 20), (6, 10), (1, 5)])]
+)
+def test_upsampled_mean_is_interpolate_mean_and_blur(size, sources):
+    """The anomaly map of Omni-AD and LGC: upsampling folded into the blur's matrices gives the same map."""
+    from anomalib.models.components import GaussianBlur2d
+
+    torch.manual_seed(0)
+    ours = MatrixGaussianBlur2d(sigma=(4.0, 4.0), channels=1, size=size, sources=sources)
+    reference = GaussianBlur2d(sigma=(4.0, 4.0), channels=1)
+    maps = [torch.rand(2, 1, *source) for source in sources]
+    upsampled = [nn.functional.interpolate(m, size=size, mode="bilinear", align_corners=True) for m in maps]
+    expected = reference(torch.stack(upsampled).mean(dim=0))
+    torch.testing.assert_close(ours.upsampled_mean(maps, size), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.upsampled_mean(maps[:2], size), reference(torch.stack(upsampled[:2]).mean(0)))
+    assert list(ours.state_dict()) == ["kernel"]
+    line = torch.rand(1, 1, 1, 7)
+    resampled = nn.functional.interpolate(line, size=(1, 19), mode="bilinear", align_corners=True).flatten()
+    torch.testing.assert_close(torch.from_numpy(align_corners_matrix(19, 7)).float() @ line.flatten(), resampled)

@@ -66,6 +66,10 @@ class MultiClassMixin:
     # INT8 export (INT8_PTQ / INT8_ACQ) keeps the frozen encoder in floating point; True quantizes it too (faster,
     # less accurate: its features are what the model reconstructs, see ``deploy/quantize.py``)
     int8_quantize_encoder: bool = False
+    # CPU precision of the layers an INT8 export leaves in floating point, written into the export as its runtime
+    # option INFERENCE_PRECISION_HINT (None: the plugin's default, bf16 on a CPU with AVX-512 BF16). OpenVINO's
+    # compile_model does not apply it by itself (measured, OpenVINO 2026.4); MultiClassOpenVINOInferencer does.
+    int8_float_precision: str | None = None
 
     @property
     def num_classes(self) -> int | None:
@@ -237,9 +241,12 @@ class MultiClassMixin:
 
         parameters = self.named_parameters()  # type: ignore[attr-defined]
         frozen = None if self.int8_quantize_encoder else [name for name, p in parameters if not p.requires_grad]
-        return compress_openvino_model(
+        compressed = compress_openvino_model(
             model, compression_type, datamodule, metric=metric, max_drop=max_drop, frozen_parameters=frozen
         )
+        if self.int8_float_precision is not None and str(compression_type).lower().endswith(("int8_ptq", "int8_acq")):
+            compressed.set_rt_info(self.int8_float_precision, ["runtime_options", "INFERENCE_PRECISION_HINT"])
+        return compressed
 
     def _sync_post_processor(self) -> None:
         resize = getattr(getattr(self, "post_processor", None), "set_num_classes", None)

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from anomalib.models.components import GaussianBlur2d
+
+from anomalib_multiclass.models.components.blur import MatrixGaussianBlur2d
 
 
 def pooled_max(anomaly_map: torch.Tensor, pool_size: int) -> torch.Tensor:
@@ -25,9 +26,16 @@ def pooled_max(anomaly_map: torch.Tensor, pool_size: int) -> torch.Tensor:
     return pooled.flatten(1).amax(dim=1)
 
 
-def score_blur(sigma: float) -> GaussianBlur2d:
-    """Anomalib's one-channel Gaussian blur of std ``sigma`` with scipy's support (``truncate=4``: 33 taps for σ 4)."""
-    return GaussianBlur2d(sigma=sigma, channels=1, kernel_size=2 * math.ceil(4 * sigma) + 1)
+def score_blur(
+    sigma: float, size: Sequence[int] | None = None, sources: Sequence[Sequence[int]] = ()
+) -> MatrixGaussianBlur2d:
+    """A one-channel Gaussian blur of std ``sigma`` with scipy's support (``truncate=4``: 33 taps for σ 4).
+
+    anomalib's ``GaussianBlur2d`` (its kernel, its output) run as two matrix products for maps of ``size``, with the
+    bilinear upsampling from ``sources`` folded in (:class:`MatrixGaussianBlur2d`, issue 27).
+    """
+    kernel_size = 2 * math.ceil(4 * sigma) + 1
+    return MatrixGaussianBlur2d(sigma=sigma, channels=1, kernel_size=kernel_size, size=size, sources=sources)
 
 
 def check_feature_sizes(

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from anomalib.models.components import GaussianBlur2d
 from anomalib.models.components.backbone import get_decoder
 from anomalib.models.image.reverse_distillation.components import get_bottleneck_layer
 from torch import nn
 
 from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
+from anomalib_multiclass.models.components.blur import MatrixGaussianBlur2d
 from anomalib_multiclass.models.components.feature_extractor import FrozenBackbone, _truncate_after_last_stage
 from anomalib_multiclass.models.lgc.mirrored_rd import (
     EncoderWidths,
@@ -133,7 +133,10 @@ class LGCModel(nn.Module):
         else:
             self.bottleneck = MirroredBottleneck(widths)
             self.decoder = MirroredDecoder(widths)
-        self.blur = GaussianBlur2d(sigma=(float(sigma), float(sigma)), channels=1)
+        sources = [(self.input_size[0] // r, self.input_size[1] // r) for r in self.encoder.reductions]
+        self.blur = MatrixGaussianBlur2d(
+            sigma=(float(sigma), float(sigma)), channels=1, size=self.input_size, sources=sources
+        )
         self.use_feature_noise = feature_noise
         self.feature_noise_prob = feature_noise_prob
 
@@ -150,16 +153,8 @@ class LGCModel(nn.Module):
         self, encoder: list[torch.Tensor], decoder: list[torch.Tensor], size: Sequence[int]
     ) -> torch.Tensor:
         """Mean over stages of 1 − cos(e_s, d_s), bilinear (align_corners) to ``size``, Gaussian-smoothed."""
-        maps = [
-            F.interpolate(
-                (1 - F.cosine_similarity(e, d, dim=1)).unsqueeze(1),
-                size=tuple(size),
-                mode="bilinear",
-                align_corners=True,
-            )
-            for e, d in zip(encoder, decoder, strict=True)
-        ]
-        return self.blur(torch.stack(maps).mean(dim=0))
+        maps = [(1 - F.cosine_similarity(e, d, dim=1)).unsqueeze(1) for e, d in zip(encoder, decoder, strict=True)]
+        return self.blur.upsampled_mean(maps, size)  # as interpolate, mean and blur; as matrix products
 
     def forward(
         self, images: torch.Tensor, views: torch.Tensor | None = None

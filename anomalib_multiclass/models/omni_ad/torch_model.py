@@ -122,7 +122,7 @@ class OmniADModel(nn.Module):
         )
         self.jitter_scale = jitter_scale
         self.jitter_prob = jitter_prob
-        self.blur = score_blur(blur_sigma)
+        self.blur = score_blur(blur_sigma, size=self.input_size, sources=self.feature_sizes)
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The frozen part: images (B, 3, H, W) -> [e1, e2, e3] teacher maps (the decoder's targets)."""
@@ -142,15 +142,10 @@ class OmniADModel(nn.Module):
     ) -> torch.Tensor:
         """Mean over scales of 1 - cosine (bilinear, align_corners) then Gaussian blur (σ 4): (B, 1, H, W)."""
         maps = [
-            F.interpolate(
-                1 - F.cosine_similarity(feature, reconstruction, dim=1).unsqueeze(1),
-                size=size,
-                mode="bilinear",
-                align_corners=True,
-            )
+            1 - F.cosine_similarity(feature, reconstruction, dim=1).unsqueeze(1)
             for feature, reconstruction in zip(features, reconstructions, strict=True)
         ]
-        return self.blur(torch.stack(maps).mean(dim=0))
+        return self.blur.upsampled_mean(maps, size)  # as interpolate, mean and blur; as matrix products
 
     def forward(
         self,

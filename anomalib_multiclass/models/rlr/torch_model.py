@@ -204,7 +204,7 @@ class RLRModel(nn.Module):
         self.jitter_scale = jitter_scale
         self.jitter_prob = jitter_prob
         self.dense_attention = dense_attention
-        self.blur = score_blur(blur_sigma)
+        self.blur = score_blur(blur_sigma, size=self.input_size)
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The frozen part: images -> per-level pooled maps (B, C_j, h_j, w_j), the network's input and target."""
