@@ -60,3 +60,12 @@ def test_changes_are_computed_from_the_previous_record():
     assert "(new row)" in lines["LGC"]
     assert "(row gone)" in lines["Gone"]
     assert "at commit" in text
+
+
+def test_the_curves_text_says_which_curve_still_rises():
+    from benchmarks.run import _still_rising
+
+    flat = [{"epoch": 1, "image_AUROC": 0.90}, {"epoch": 2, "image_AUROC": 0.902}]
+    rising = [{"epoch": e, "image_AUROC": a} for e, a in ((10, 0.89), (50, 0.91), (60, 0.92))]
+    assert _still_rising({"UniAD": flat}).startswith("No curve's image AUROC rises")
+    assert _still_rising({"UniAD": flat, "MintAD": rising}).endswith(": MintAD (0.910 → 0.920).")
