@@ -44,7 +44,7 @@ def test_table_rows_sees_empty_cells_and_notes():
     ]
 
 
-@pytest.mark.slow  # about 5-10 minutes on 2 cores; .ci/run runs it after the default suite
+@pytest.mark.slow  # 20 minutes on 2 cores shared with another such run (b1dab2d); .ci/run runs it
 def test_benchmark_smoke(tmp_path):
     output = tmp_path / "BENCHMARKS.md"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -56,6 +56,11 @@ def test_benchmark_smoke(tmp_path):
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    check_report(output)
+
+
+def check_report(output):
+    """Every section, every model, every cell measured, the JSON beside the markdown."""
     report = output.read_text()
     for section in (
         "## Proxy quality",
@@ -79,12 +84,12 @@ def test_benchmark_smoke(tmp_path):
         if "model" not in row:
             continue
         allowed = next((why for (name, setting), why in NOT_MEASURED.items() if row["model"] == name and setting in
-                        row["setting"]), None)  # fmt: skip
+                        row.get("setting", "")), None)  # fmt: skip
         if allowed:
             continue
         empty = [column for column, cell in row.items() if not cell and column != "note"]
-        assert not empty, f"{section}: {row['model']}, {row['setting']}: nothing measured in {empty}: {row['note']}"
-        assert not any(word in row["note"].lower() for word in LEFT_OUT), f"{section}: {row}"
+        assert not empty, f"{section}: nothing measured in {empty}: {row}"
+        assert not any(word in row.get("note", "").lower() for word in LEFT_OUT), f"{section}: {row}"
     # the export rows, PatchCore's included (its static batch is worked around, and said)
     speed = {row["model"]: row for section, row in rows if section.startswith("Inference speed")}
     for model in ("UniAD", "MintAD", "RLR", "OmniAD", "LGC", "ReverseDistillation (anomalib)", "PatchCore (anomalib)"):
