@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import platform
 import statistics
@@ -20,7 +21,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "n_train": 8, "n_test_good": 2, "n_test_defect": 4, "image_size": 96,
         "input_size": 64, "epochs": 2, "hidden_dim": 32, "layers": 1, "repeats": 2, "speed_batch": 4,
         "speed_input": 64, "small_input": 64, "rlr_batches": [1], "rlr_steps": 1, "rlr_level_map": 32,
-        "baseline_exports": False, "probe_models": ["UniAD"], "probe_epochs": 2,
+        "probe_models": ["UniAD"], "probe_epochs": 2,
         "mix_train": 4, "mix_test_good": 2, "mix_test_defect": 2,
         "schedule": {name: {"epochs": 2, "val_every": 1} for name in ("UniAD", "MintAD", "RLR", "OmniAD", "LGC")},
     },
@@ -56,9 +57,9 @@ SIZES: dict[str, dict[str, Any]] = {
         "n_train": 20, "n_test_good": 6, "n_test_defect": 10, "image_size": 128,
         "input_size": 224, "epochs": 25, "hidden_dim": 128, "layers": 2, "repeats": 5, "speed_batch": 32,
         "speed_input": 224, "small_input": 128, "rlr_batches": [1, 2, 4], "rlr_steps": 3, "rlr_level_map": 64,
-        "baseline_exports": True, "probe_models": None, "probe_epochs": 3,
+        "probe_models": None, "probe_epochs": 3,
         "mix_train": 12, "mix_test_good": 4, "mix_test_defect": 6,
-        # epochs and learning rate per model: the curves in BENCHMARKS.md show each run flattening by its last epoch
+        # epochs and learning rate per model, read off the curves in BENCHMARKS.md (on the proxy's test split)
         "schedule": {
             "UniAD": {"epochs": 60, "lr": 1e-3, "val_every": 10},
             "MintAD": {"epochs": 60, "lr": 1e-3, "val_every": 10},
@@ -70,14 +71,6 @@ SIZES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 OUR_MODELS = ("UniAD", "MintAD", "RLR", "OmniAD", "LGC")
 SMALL_INPUT_MODELS = ("RLR", "OmniAD", "LGC")
-
-
-class NotBuiltError(LookupError):
-    """The package has no such model yet."""
-
-
-class _SkippedError(Exception):
-    """A measurement this benchmark size leaves out (said in the table)."""
 
 
 @dataclass
@@ -95,10 +88,6 @@ def _proxy_input(name: str, cfg: dict[str, Any]) -> int:
 
 
 def _our_model(name: str, cfg: dict[str, Any], **kwargs: Any) -> Any:
-    import anomalib_multiclass.models as models
-
-    if not hasattr(models, name):
-        raise NotBuiltError(name)
     return our_model(name, cfg, **kwargs)
 
 
@@ -196,6 +185,19 @@ def quality(cfg: dict[str, Any], data_root: Path, work: Path, log: Callable[[str
     return out
 
 
+def _still_rising(curves: dict[str, list[dict[str, float]]], step: float = 0.005) -> str:
+    """Which curves still rise between their last two points (image AUROC up by more than ``step``): computed."""
+    rising = {
+        name: f"{points[-2]['image_AUROC']:.3f} → {points[-1]['image_AUROC']:.3f}"
+        for name, points in curves.items()
+        if len(points) > 1 and points[-1].get("image_AUROC", 0) - points[-2].get("image_AUROC", 0) > step
+    }
+    if not rising:
+        return f"No curve's image AUROC rises by more than {step} between its last two points."
+    listed = ", ".join(f"{name} ({change})" for name, change in rising.items())
+    return f"Still rising between the last two points (image AUROC up by more than {step}): {listed}."
+
+
 def _unique_epochs(points: list[dict[str, float]]) -> list[dict[str, float]]:
     """One point per epoch (the test at the last epoch replaces a validation at the same epoch: same data)."""
     return list({int(p["epoch"]): p for p in points}.values())
@@ -241,11 +243,8 @@ def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> l
 
     The data of :func:`all_in_all_data`; per category, the mean per dataset and the overall mean.
     """
-    import anomalib_multiclass.models as models
     from anomalib_multiclass.evaluation.per_category import is_summary_row
 
-    if not hasattr(models, "LGC"):
-        return []
     mixed = all_in_all_data(cfg, work)
     rows = []
     epochs = cfg["schedule"]["LGC"]["epochs"]
@@ -306,9 +305,8 @@ def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
 
 
 def _built_models() -> list[str]:
-    import anomalib_multiclass.models as models
-
-    return [name for name in OUR_MODELS if hasattr(models, name)]
+    """Our models, in the order of the tables (every one is built; ``benchmarks.edge`` takes its default here)."""
+    return list(OUR_MODELS)
 
 
 def _baselines(cfg: dict[str, Any], data_root: Path, work: Path) -> dict[str, Any]:
@@ -340,9 +338,6 @@ def _prepare_for_inference(model: Any) -> Any:
 def speed(cfg: dict[str, Any], data_root: Path, work: Path, log: Callable[[str], None]) -> tuple[list[Row], list[Row]]:
     """Inference latency/throughput (eager, ONNX Runtime, OpenVINO; CUDA fp32/bf16 when present), with anomalib's
     ReverseDistillation and PatchCore timed in the same run; training throughput and peak memory per model."""
-    import onnxruntime
-    import openvino
-
     batch = cfg["speed_batch"]
     inference: list[Row] = []
     models: dict[str, Any] = {
@@ -363,31 +358,25 @@ def speed(cfg: dict[str, Any], data_root: Path, work: Path, log: Callable[[str],
             values["eager b1 ms"] = _time(lambda m=model, x=one: m(x), cfg["repeats"])[0] * 1e3
             values["eager bN img/s"] = batch / _time(lambda m=model, x=many: m(x), cfg["repeats"])[0]
         try:
-            if name not in OUR_MODELS and not cfg["baseline_exports"]:
-                raise _SkippedError("export not timed at this size")
-            onnx_path = model.to_onnx(export_root=work / f"onnx_{name}", input_size=(size, size))
-            session = onnxruntime.InferenceSession(str(onnx_path))
-            feed = session.get_inputs()[0].name
+            sessions, compiled, note = _exported(model, name, size, batch, work)
+            feed = sessions[1].get_inputs()[0].name
             values["ORT b1 ms"] = (
-                _time(lambda s=session, f=feed, x=one: s.run(None, {f: x.numpy()}), cfg["repeats"])[0] * 1e3
+                _time(lambda s=sessions[1], f=feed, x=one: s.run(None, {f: x.numpy()}), cfg["repeats"])[0] * 1e3
             )
-            ort_batch = _time(lambda s=session, f=feed, x=many: s.run(None, {f: x.numpy()}), cfg["repeats"])[0]
-            values["ORT bN img/s"] = batch / ort_batch
-            ov_path = model.to_openvino(export_root=work / f"ov_{name}", input_size=(size, size))
-            compiled = openvino.Core().compile_model(str(ov_path), "CPU")
-            values["OpenVINO b1 ms"] = _time(lambda c=compiled, x=one: c(x.numpy()), cfg["repeats"])[0] * 1e3
-            values["OpenVINO bN img/s"] = batch / _time(lambda c=compiled, x=many: c(x.numpy()), cfg["repeats"])[0]
-            del session, compiled
-        except _SkippedError as skipped:
-            note = str(skipped)
+            ort_batch = _time(lambda s=sessions[batch], f=feed, x=many: s.run(None, {f: x.numpy()}), cfg["repeats"])
+            values["ORT bN img/s"] = batch / ort_batch[0]
+            values["OpenVINO b1 ms"] = _time(lambda c=compiled[1], x=one: c(x.numpy()), cfg["repeats"])[0] * 1e3
+            ov_batch = _time(lambda c=compiled[batch], x=many: c(x.numpy()), cfg["repeats"])
+            values["OpenVINO bN img/s"] = batch / ov_batch[0]
+            del sessions, compiled
         except Exception as error:
             traceback.print_exc()
             note = f"export failed: {error!r}"[:160]
-        else:
-            note = ""
         if torch.cuda.is_available():
             values |= _cuda_inference(model, size, batch, cfg["repeats"])
-        inference.append(Row(name, f"{size} px", values, note))
+        inside = _resized_to(model)
+        setting = f"{size} px" if inside in (None, size) else f"{size} px in, resized to {inside} px inside"
+        inference.append(Row(name, setting, values, note))
     reference = next((row for row in inference if row.name.startswith("ReverseDistillation")), None)
     if reference is not None:
         for row in inference:
@@ -399,6 +388,53 @@ def speed(cfg: dict[str, Any], data_root: Path, work: Path, log: Callable[[str],
             log(f"speed: {name} training, cache={cache}")
             training.append(_in_subprocess(_training_probe, name, cfg, str(data_root), cache))
     return inference, training
+
+
+def _exported(model: Any, name: str, size: int, batch: int, work: Path) -> tuple[dict, dict, str]:
+    """ONNX Runtime sessions and compiled OpenVINO models for batch 1 and ``batch``, and a note for the row.
+
+    One export with a dynamic batch (anomalib's default) serves both sizes. Where the exported graph has a fixed
+    batch anyway (anomalib's PatchCore: its nearest-neighbour search branches on batch x patches, which the exporter
+    specialises to its example batch of 2; ``benchmarks/repro/patchcore_static_batch.py`` reproduces it with
+    anomalib alone), each batch size gets its own static graph, ``dynamic_shapes=({0: batch},)``, and the note
+    says so.
+    """
+    import onnxruntime
+    import openvino
+
+    folder = name.split()[0]
+    path = model.to_onnx(export_root=work / f"onnx_{folder}", input_size=(size, size))
+    session = onnxruntime.InferenceSession(str(path))
+    exported_batch = session.get_inputs()[0].shape[0]
+    if not isinstance(exported_batch, int):  # dynamic: one graph for every batch size
+        xml = model.to_openvino(export_root=work / f"ov_{folder}", input_size=(size, size))
+        compiled = openvino.Core().compile_model(str(xml), "CPU")
+        return {1: session, batch: session}, {1: compiled, batch: compiled}, ""
+    sessions, compiled = {}, {}
+    for n in (1, batch):
+        shapes = ({0: n},)
+        path = model.to_onnx(export_root=work / f"onnx_{folder}_b{n}", input_size=(size, size), dynamic_shapes=shapes)
+        sessions[n] = onnxruntime.InferenceSession(str(path))
+        xml = model.to_openvino(
+            export_root=work / f"ov_{folder}_b{n}", input_size=(size, size), onnx_kwargs={"dynamic_shapes": shapes}
+        )
+        compiled[n] = openvino.Core().compile_model(str(xml), "CPU")
+    note = (
+        f"anomalib's export fixes the batch at {exported_batch} (an upstream bug, reproduced without this package by "
+        "`benchmarks/repro/patchcore_static_batch.py`): ORT and OpenVINO timed on one static graph per batch size"
+    )
+    return sessions, compiled, note
+
+
+def _resized_to(model: Any) -> int | None:
+    """The square size a model's own pre-processor resizes its input to (anomalib's baselines: 256), if any."""
+    from torchvision.transforms.v2 import Resize
+
+    transform = getattr(getattr(model, "pre_processor", None), "export_transform", None)
+    for step in getattr(transform, "transforms", [transform]):
+        if isinstance(step, Resize) and isinstance(step.size, (list, tuple)) and len(set(step.size)) == 1:
+            return int(step.size[0])
+    return None
 
 
 def _speed_input(name: str, cfg: dict[str, Any]) -> int:
@@ -576,26 +612,34 @@ def memory(cfg: dict[str, Any], work: Path) -> list[Row]:
     """Disk and parameter memory of one unified model against one model per category."""
     del work
     rows = []
-    n = len(cfg["categories"])
+    categories = cfg["categories"]
+    n = len(categories)
     for name in _built_models():
-        model = _prepare_for_inference(_our_model(name, cfg, pre_trained=False))
-        buffer = io.BytesIO()
-        torch.save(model.state_dict(), buffer)
-        size = buffer.getbuffer().nbytes / 2**20
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        rows.append(
-            Row(
-                name,
-                f"{n} categories",
-                {
-                    "unified MiB": size,
-                    f"{n} separate MiB": size * n,
-                    "unified M params": params,
-                    f"{n} separate M params": params * n,
-                },
-            )
-        )
+        unified = _footprint(_for_categories(name, cfg, categories))
+        separate = [_footprint(_for_categories(name, cfg, [category])) for category in categories]
+        values = {
+            "unified MiB": unified[0],
+            f"{n} separate MiB": sum(mib for mib, _ in separate),
+            "unified M params": unified[1],
+            f"{n} separate M params": sum(params for _, params in separate),
+        }
+        rows.append(Row(name, f"{n} categories", values))
     return rows
+
+
+def _for_categories(name: str, cfg: dict[str, Any], categories: list[str]) -> Any:
+    """Our model built for ``categories``, as training on them builds it (MINT-AD sizes its class parts by them)."""
+    model = _our_model(name, cfg, pre_trained=False)
+    model.category_names = list(categories)
+    model.setup("fit")
+    return model.eval()
+
+
+def _footprint(model: Any) -> tuple[float, float]:
+    """The saved state dict's size in MiB and the parameter count in millions."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes / 2**20, sum(p.numel() for p in model.parameters()) / 1e6
 
 
 def _table(rows: list[Row]) -> str:
@@ -631,50 +675,79 @@ def _curve_table(curves: dict[str, list[dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def _previous_means(path: Path) -> dict[str, tuple[str, str, str]]:
-    """``{model: (setting, mean I-AUROC, mean P-AUROC)}`` of the proxy table in the file about to be replaced."""
-    if not path.exists():
-        return {}
-    text = path.read_text()
-    section = text.split("## Proxy quality", 1)[-1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| model")]
-    header = next((line for line in section.splitlines() if line.startswith("| model")), "")
-    columns = [c.strip() for c in header.strip("|").split("|")]
-    previous = {}
-    for row in rows:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        if len(cells) != len(columns) or "mean I-AUROC" not in columns:
-            continue
-        key = cells[0] + (" separate" if "separate" in cells[1] else "")
-        if "contrastive off" in cells[1]:
-            key = cells[0] + " (contrastive off = RD joint)"
-        previous[key] = (cells[1], cells[columns.index("mean I-AUROC")], cells[columns.index("mean P-AUROC")])
-    return previous
+def _row_key(row: dict[str, Any]) -> str:
+    """A quality row's identity across runs: its model, and whether it is the one-model-per-category setting."""
+    return row["name"] + (" separate" if "separate" in row["setting"] else "")
 
 
-def _changes(previous: dict[str, tuple[str, str, str]], rows: list[Row]) -> str:
-    """Each row's mean image/pixel AUROC beside the previous file's, and why they differ."""
-    if not previous:
-        return "No previous file to compare with."
+def _argument_changes(before: str, now: str) -> str:
+    """The arguments one command has that the other has not, as ``-old +new`` (empty when the same)."""
+    old, new = before.split(), now.split()
+    removed = [token for token in old if token not in new]
+    added = [token for token in new if token not in old]
+    return " ".join([*(f"-{t}" for t in removed), *(f"+{t}" for t in added)])
+
+
+def changes(previous: dict[str, Any] | None, now: dict[str, Any]) -> str:
+    """The quality table against the previous run's JSON: each row's mean AUROC before and now, their difference,
+    and the arguments of its command that changed; computed, so that every run says what it changed."""
+    if previous is None:
+        return "No previous run's JSON beside the output: nothing to compare with (the next run compares with this)."
+    before_rows = {_row_key(row): row for row in previous["tables"]["quality"]}
     lines = [
-        "What changed for every row: metrics on raw scores (the previous file computed them after min-max "
-        "normalisation and clamping, which ties scores beyond the validation range), inputs normalised with Lite0's "
-        "own statistics (previously ImageNet's), UniAD's official initialisation, seeded runs, and the epochs and "
-        "learning rates read off the learning curves (previously 25 epochs, lr 1e-4 for UniAD and MINT-AD). "
-        "LGC ran on a random resnet18 before; it now runs on Lite0 with real features.",
+        f"Previous run: `{previous['command']}` at commit {previous['commit']} (size {previous['size']}); "
+        f"this run: `{now['command']}` at commit {now['commit']} (size {now['size']}). Δ is now − previous; the "
+        "last column lists the arguments of the row's command that changed (`-` previous only, `+` now only).",
         "",
-        "| model | previous setting | previous mean I-AUROC / P-AUROC | now: setting | now: mean I-AUROC / P-AUROC |",
-        "|---|---|---|---|---|",
+        "| model | previous setting | previous mean I-AUROC / P-AUROC | now: setting | now: mean I-AUROC / P-AUROC "
+        "| Δ I-AUROC | Δ P-AUROC | changed arguments |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        key = row.name + (" separate" if "separate" in row.setting else "")
-        before = previous.get(key)
-        now = f"{_fmt(row.values.get('mean I-AUROC'))} / {_fmt(row.values.get('mean P-AUROC'))}"
+    for row in now["tables"]["quality"]:
+        before = before_rows.pop(_row_key(row), None)
         if before is None:
-            lines.append(f"| {row.name} | - | - | {row.setting} | {now} |")
-        else:
-            lines.append(f"| {row.name} | {before[0]} | {before[1]} / {before[2]} | {row.setting} | {now} |")
+            lines.append(f"| {row['name']} | (new row) | | {row['setting']} | {_means(row)} | | | |")
+            continue
+        old_command, new_command = _command_of(before, previous), _command_of(row, now)
+        arguments = "" if None in (old_command, new_command) else _argument_changes(old_command, new_command)
+        lines.append(
+            f"| {row['name']} | {before['setting']} | {_means(before)} | {row['setting']} | {_means(row)} "
+            f"| {_delta(row, before, 'mean I-AUROC')} | {_delta(row, before, 'mean P-AUROC')} "
+            f"| {arguments or ('none' if old_command else '')} |"
+        )
+    for row in before_rows.values():
+        lines.append(f"| {row['name']} | {row['setting']} | {_means(row)} | (row gone) | | | | |")
     return "\n".join(lines)
+
+
+def _means(row: dict[str, Any]) -> str:
+    return f"{_fmt(row['values'].get('mean I-AUROC'))} / {_fmt(row['values'].get('mean P-AUROC'))}"
+
+
+def _delta(row: dict[str, Any], before: dict[str, Any], key: str) -> str:
+    new, old = row["values"].get(key), before["values"].get(key)
+    return "" if new is None or old is None else f"{new - old:+.3f}"
+
+
+def _command_of(row: dict[str, Any], record: dict[str, Any]) -> str | None:
+    """The command of a quality row (labelled by the model for ours, by model and setting for anomalib's)."""
+    commands = dict(map(tuple, record.get("quality_commands", [])))
+    return commands.get(row["name"], commands.get(f"{row['name']}, {row['setting']}"))
+
+
+def run_record(command: str, size: str, minutes: float, tables: dict[str, list[Row]], **extra: Any) -> dict[str, Any]:
+    """What the JSON beside the markdown holds: the command, the commit, every table's rows, and ``extra``."""
+    from benchmarks.edge import code_commit
+
+    return {
+        "command": command,
+        "commit": code_commit(),
+        "size": size,
+        "minutes": minutes,
+        "machine": {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "tables": {name: [asdict(row) for row in rows] for name, rows in tables.items()},
+        **extra,
+    }
 
 
 def _fragments(directory: Path) -> str:
@@ -711,7 +784,8 @@ def main(argv: list[str] | None = None) -> Path:
         def log(message: str) -> None:
             print(f"[{time.perf_counter() - started:7.1f}s] {message}", flush=True)
 
-        previous = _previous_means(args.output)
+        record_path = args.output.with_suffix(".json")
+        previous = json.loads(record_path.read_text()) if record_path.exists() else None
         proxy = quality(cfg, data_root, work, log)
         quality_rows = proxy.rows
         curves_png = plot_curves(
@@ -725,9 +799,18 @@ def main(argv: list[str] | None = None) -> Path:
     command = f"python -m benchmarks.run --size {args.size}" + (
         f" --output {args.output}" if args.output != Path("BENCHMARKS.md") else ""
     )
+    tables = {
+        "quality": quality_rows, "all_in_all": mix_rows, "inference": inference_rows, "training": training_rows,
+        "rlr_attention": attention_rows, "memory": memory_rows,
+    }  # fmt: skip
+    record = run_record(
+        command, args.size, elapsed / 60, tables, quality_commands=proxy.commands, curves=proxy.curves,
+        references=proxy.references,
+    )  # fmt: skip
     report = f"""# Benchmarks
 
-Generated by `{command}` in {elapsed / 60:.1f} minutes; do not edit by hand.
+Generated by `{command}` at commit {record["commit"]} in {elapsed / 60:.1f} minutes; do not edit by hand. Every
+table of the sections below is also in `{record_path.name}` beside this file (rows, values, notes, commands).
 Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()},
 torch {torch.__version__}, {_device_line()}.
 
@@ -759,15 +842,16 @@ listed under the table, run in-process through anomalib's CLI with `--seed_every
 Mean per-category image and pixel AUROC of each of our models on the proxy's test split (anomalib's validation
 split is the test split here, `val_split_mode: same_as_test`), every few epochs during the runs above
 (`benchmarks.curves.CurveRecorder` through `--trainer.callbacks`; the last point is the final test); dashed: anomalib's
-Padim and PatchCore, unified. Each model's epochs and learning rate were chosen from these curves (they flatten
-before the last epoch); learning rates are above the papers' because the proxy has 100 training images, not thousands.
+Padim and PatchCore, unified. Each model's epochs and learning rate were chosen from these curves, that is on the
+test split itself; learning rates are above the papers' because the proxy has 100 training images, not thousands.
+{_still_rising(proxy.curves)}
 
 ![learning curves]({curves_png.relative_to(args.output.parent)})
 
 {_curve_table(proxy.curves)}
 
-### Against the previous BENCHMARKS.md
-{_changes(previous, quality_rows)}
+### Against the previous run
+{changes(previous, record)}
 
 ## All-in-all: LGC on two dataset layouts at once
 One LGC model on an MVTec AD layout (`brick`, `coffee`, read by `MultiClassFolder`) and a raw VisA layout
@@ -784,8 +868,10 @@ in the scaled-down configuration above at the size in its setting column (RLR, O
 {min(cfg["speed_input"], cfg["small_input"])} px: RLR's exported first level holds batch × heads × N × N attention
 weights, and batch {cfg["speed_batch"]} at {cfg["speed_input"]} px does not fit in this machine's memory).
 anomalib's ReverseDistillation (wide_resnet50_2,
-random weights: timing only) and PatchCore (EfficientNet-Lite0 blocks 2+4, {cfg["image_size"]} px, coreset of 1 % of the
-proxy training patches) are timed in the same run; "b1 vs RD" is each model's eager batch-1 latency over RD's.
+random weights: timing only) and PatchCore (EfficientNet-Lite0 blocks 2+4, coreset of 1 % of the proxy training
+patches, fitted on the proxy's {cfg["image_size"]} px images) are timed in the same run on {cfg["speed_input"]} px
+input, which their own pre-processors resize to 256 px (anomalib's default) in the eager model and in the exported
+graph, as the setting column says; "b1 vs RD" is each model's eager batch-1 latency over RD's.
 OpenVINO runs with its default CPU precision (bf16 on CPUs with bf16 units).
 
 {_table(inference_rows)}
@@ -808,12 +894,17 @@ MLKA through `scaled_dot_product_attention` with a boolean mask (same outputs: `
 {_table(attention_rows) if attention_rows else "RLR not built."}
 
 ## Memory and disk: one unified model against one model per category
+Each model's saved state dict (`torch.save`) and parameter count, built for the {len(cfg["categories"])} categories
+(unified) and built once per category, each for its one category ("separate": the sum of those
+{len(cfg["categories"])} models, every one with its own copy of the frozen encoder; MINT-AD's class-conditioned
+parts are sized by its number of categories).
 
 {_table(memory_rows)}
 
 {_fragments(args.output.parent / "benchmarks" / "results")}
 """
     args.output.write_text(report)
+    record_path.write_text(json.dumps(record, indent=1))
     print(f"wrote {args.output}")
     return args.output
 

@@ -46,10 +46,14 @@ MODELS = {
 # float as anomaly-map operations, and together cost a fraction of the convolution and upsamplings they replace
 # (the 128 px exports of benchmarks.edge: Omni-AD 46 -> 47 -> 51, LGC 36 -> 37 -> 41, the same graph otherwise).
 FLOAT_COMPUTE_OPS = {"UniAD": 35, "MintAD": 35, "RLR": 35, "OmniAD": 47, "LGC": 41}
-# |INT8 - fp32| of the mean per-category image AUROC measured by that test (UniAD +0.022, MintAD +0.011, RLR -0.033,
-# Omni-AD and LGC not measured yet: their run did not finish in time, they keep the former 0.1) plus one swapped pair
-# (8 images per category, 3 categories: 1/15/3 = 0.022)
-AUROC_TOLERANCE = {"UniAD": 0.06, "MintAD": 0.06, "RLR": 0.06, "OmniAD": 0.1, "LGC": 0.1}
+# INT8 - fp32 of the mean per-category image AUROC, this test's models, data and export over several training seeds,
+# with the package code of commit 9c35101 (its quantization defaults; the blur as matrix products since
+# changes the float maps by about 1e-6), measured by
+# `python -m benchmarks.int8_tolerance --seeds 0 1 2` (RLR, Omni-AD, LGC: seeds 0 1):
+#   UniAD +0.022 +0.044 +0.067, MintAD +0.011 +0.011 0.000, RLR -0.033 -0.033, Omni-AD -0.044 0.000, LGC 0.000 +0.022
+# Tolerance: each model's largest |difference| plus one swapped pair (8 images per category, 3 categories:
+# 1/15/3 = 0.022), rounded up to the next 0.01
+AUROC_TOLERANCE = {"UniAD": 0.09, "MintAD": 0.04, "RLR": 0.06, "OmniAD": 0.07, "LGC": 0.05}
 # Omni-AD after 2 epochs ranks the 64 px test images about at random (fp32 AUROC 0.42): near-tied scores that any
 # perturbation reorders; after 6 it ranks them (0.80), and INT8's AUROC comparison means something
 EPOCHS = {"OmniAD": 6}

@@ -1,0 +1,71 @@
+"""benchmarks.run's report helpers: the JSON record of a run and the "what changed" comparison computed from it."""
+
+import json
+
+from benchmarks.run import Row, changes, run_record
+
+
+def _record(commit_rows, commands, size="smoke"):
+    record = run_record("python -m benchmarks.run", size, 1.0, {"quality": commit_rows}, quality_commands=commands)
+    return json.loads(json.dumps(record))  # as read back from the file
+
+
+def test_the_record_holds_every_table_and_round_trips_through_json():
+    rows = [Row("UniAD", "unified, 2 epochs", {"mean I-AUROC": 0.75, "mean P-AUROC": 0.9}, "")]
+    record = _record(rows, [("UniAD", "anomalib train --model UniAD")])
+    assert record["tables"]["quality"] == [
+        {
+            "name": "UniAD",
+            "setting": "unified, 2 epochs",
+            "values": {"mean I-AUROC": 0.75, "mean P-AUROC": 0.9},
+            "note": "",
+        }
+    ]
+    assert record["size"] == "smoke"
+    assert record["commit"]
+    assert record["quality_commands"] == [["UniAD", "anomalib train --model UniAD"]]
+
+
+def test_changes_are_computed_from_the_previous_record():
+    assert changes(None, _record([], [])).startswith("No previous run's JSON")
+    before = _record(
+        [
+            Row("UniAD", "unified, 2 epochs", {"mean I-AUROC": 0.70, "mean P-AUROC": 0.90}),
+            Row("PatchCore (anomalib)", "separate (3 models)", {"mean I-AUROC": 0.90, "mean P-AUROC": 0.95}),
+            Row("Gone", "unified", {"mean I-AUROC": 0.5}),
+        ],
+        [
+            ("UniAD", "anomalib train --model UniAD --model.lr 0.001 --trainer.max_epochs 2"),
+            ("PatchCore (anomalib), separate (3 models)", "anomalib-multiclass separate --model Patchcore"),
+        ],
+    )
+    now = _record(
+        [
+            Row("UniAD", "unified, 4 epochs", {"mean I-AUROC": 0.75, "mean P-AUROC": 0.91}),
+            Row("PatchCore (anomalib)", "separate (3 models)", {"mean I-AUROC": 0.90, "mean P-AUROC": 0.95}),
+            Row("LGC", "unified", {"mean I-AUROC": 0.8, "mean P-AUROC": 0.9}),
+        ],
+        [
+            ("UniAD", "anomalib train --model UniAD --model.lr 0.001 --trainer.max_epochs 4"),
+            ("PatchCore (anomalib), separate (3 models)", "anomalib-multiclass separate --model Patchcore"),
+        ],
+    )
+    text = changes(before, now)
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert (
+        "| unified, 2 epochs | 0.700 / 0.900 | unified, 4 epochs | 0.750 / 0.910 | +0.050 | +0.010 | -2 +4 |"
+        in (lines["UniAD"])
+    )
+    assert lines["PatchCore (anomalib)"].endswith("| +0.000 | +0.000 | none |")
+    assert "(new row)" in lines["LGC"]
+    assert "(row gone)" in lines["Gone"]
+    assert "at commit" in text
+
+
+def test_the_curves_text_says_which_curve_still_rises():
+    from benchmarks.run import _still_rising
+
+    flat = [{"epoch": 1, "image_AUROC": 0.90}, {"epoch": 2, "image_AUROC": 0.902}]
+    rising = [{"epoch": e, "image_AUROC": a} for e, a in ((10, 0.89), (50, 0.91), (60, 0.92))]
+    assert _still_rising({"UniAD": flat}).startswith("No curve's image AUROC rises")
+    assert _still_rising({"UniAD": flat, "MintAD": rising}).endswith(": MintAD (0.910 → 0.920).")
