@@ -68,8 +68,11 @@ def measure(name: str, cfg: dict[str, Any], data_root: Path, steps: int) -> dict
     loader = iter(datamodule.train_dataloader())
     batches = [next(loader) for _ in range(steps)]
     runs = {"fp32": _prepared(name, cfg, categories), "bf16-mixed": _prepared(name, cfg, categories)}
-    for batch in batches:  # the model's pre-processor (resize, normalise), as the Trainer's callback does
-        runs["fp32"][0].pre_processor.on_train_batch_start(None, runs["fp32"][0], batch, 0)
+    module = runs["fp32"][0]
+    for batch in batches:  # LGC's second view, then the model's pre-processor (resize, normalise), as in fit
+        if hasattr(module, "draw_views"):
+            module.draw_views(batch)
+        module.pre_processor.on_train_batch_start(None, module, batch, 0)
     times: dict[str, list[float]] = {k: [] for k in runs}
     losses: dict[str, list[float]] = {k: [] for k in runs}
     for index, batch in enumerate(batches):

@@ -173,10 +173,19 @@ class LGC(MultiClassMixin, AnomalibModule):
         """
         batch = super().on_after_batch_transfer(batch, dataloader_idx)
         trainer = self._trainer
-        if self.contrastive and trainer is not None and trainer.training and hasattr(batch, "image"):
+        if trainer is not None and trainer.training:
+            self.draw_views(batch)
+        return batch
+
+    def draw_views(self, batch: Any) -> None:
+        """Set ``batch.image_view``: each loaded image's official augmentation (values in [0, 1]), image by image.
+
+        Called by :meth:`on_after_batch_transfer` in fit; a caller stepping ``training_step`` outside a Trainer
+        calls it on the loaded batch, before the pre-processor (its benchmarks do).
+        """
+        if self.contrastive and hasattr(batch, "image"):
             augment = lgc_view_transform(self.model_input_size)
             batch.image_view = torch.stack([augment(image.clamp(0, 1)) for image in batch.image])
-        return batch
 
     def _views(self, batch: Batch) -> torch.Tensor:
         """The second view of the batch, normalised by the pre-processor's transform like the clean one."""
