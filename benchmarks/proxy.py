@@ -84,10 +84,8 @@ def _cli_value(value: Any) -> str:
 
 BASELINES: dict[str, list[str]] = {
     # anomalib's own models, with their default pre-processing (256 px, ImageNet statistics): as a user runs them
-    "Padim": ["--model", "Padim", "--model.backbone", LITE0, "--model.layers", "[blocks.1,blocks.2]",
-              "--model.n_features", "50"],
-    "Patchcore": ["--model", "Patchcore", "--model.backbone", LITE0, "--model.layers", "[blocks.2,blocks.4]",
-                  "--model.coreset_sampling_ratio", "0.01"],
+    "Padim": ["--model", "Padim", "--model.backbone", LITE0],
+    "Patchcore": ["--model", "Patchcore", "--model.backbone", LITE0],
 }  # fmt: skip
 
 
@@ -99,6 +97,7 @@ def train_arguments(
     init_args: dict[str, Any] | None = None,
     val_every: int | None = None,
     curve: Path | None = None,
+    seed: int = 0,
 ) -> list[str]:
     """The ``anomalib train`` arguments of one proxy row (``model``: our model's name, or a baseline's arguments)."""
     args = list(model) if isinstance(model, list) else ["--model", model]
@@ -108,7 +107,7 @@ def train_arguments(
              "--data.train_batch_size", "8", "--data.eval_batch_size", "16",
              "--trainer.max_epochs", str(epochs), "--trainer.accelerator", "cpu", "--trainer.devices", "1",
              "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--model.visualizer", "false",
-             "--seed_everything", "0", "--default_root_dir", str(root)]  # fmt: skip
+             "--seed_everything", str(seed), "--default_root_dir", str(root)]  # fmt: skip
     if val_every:
         args += ["--trainer.check_val_every_n_epoch", str(val_every)]
     if curve is not None:

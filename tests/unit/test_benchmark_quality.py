@@ -1,0 +1,109 @@
+"""benchmarks.quality: choices made on the validation proxy only, rows over seeds, the verdict against PatchCore."""
+
+import copy
+import json
+
+import pytest
+
+from benchmarks import quality
+from benchmarks.quality import Cell, Tuning, best_point, choose, collect, make_proxy, run_cells, table
+from benchmarks.run import SIZES
+
+TINY = copy.deepcopy(SIZES["smoke"]) | {
+    "categories": ["brick", "coffee"], "heldout_categories": ["tissue", "coins"], "n_train": 2, "n_test_good": 1,
+    "n_test_defect": 2, "image_size": 32, "seeds": [0, 1, 2],
+}  # fmt: skip
+
+
+def _results(image: float, categories: list[str]) -> dict:
+    table = {c: {"image_AUROC": image, "pixel_AUROC": 0.9, "AUPRO": 0.8} for c in categories}
+    return table | {"mean": {"image_AUROC": image, "pixel_AUROC": 0.9, "AUPRO": 0.8}}
+
+
+def test_best_point_takes_the_highest_and_the_earliest_among_equals():
+    points = [
+        {"epoch": 10, "image_AUROC": 0.90}, {"epoch": 20, "image_AUROC": 0.95}, {"epoch": 30, "image_AUROC": 0.9501}
+    ]  # fmt: skip
+    assert best_point(points)["epoch"] == 20
+    with pytest.raises(ValueError, match="nothing to choose"):
+        best_point([{"epoch": 5}])
+
+
+def test_choose_reads_only_the_validation_outcomes(tmp_path):
+    cfg = copy.deepcopy(TINY)
+    cfg["tuning"]["ours"] = {"UniAD": {"lr": [1e-3, 3e-3], "max_epochs": 4, "val_every": 2}}
+    cells = quality.tuning_cells(cfg, tmp_path)
+    assert {cell.proxy for cell in cells} == {"validation"}
+    assert all(str(tmp_path / "proxy_validation") in " ".join(cell.args) for cell in cells)
+    outcomes = {}
+    for cell in cells:
+        if cell.label == "UniAD lr 0.001":
+            outcome = {"results": _results(0.80, []), "curve": [{"epoch": 2, "image_AUROC": 0.85}]}
+        elif cell.label == "UniAD lr 0.003":  # better at epoch 2 than anything of lr 0.001
+            outcome = {"results": _results(0.70, []), "curve": [{"epoch": 2, "image_AUROC": 0.91}]}
+        elif cell.label.endswith("option 1"):
+            outcome = {"error": "RuntimeError('no')"}
+        else:
+            outcome = {"results": _results(0.75, [])}
+        outcomes[cell] = outcome
+    tuning = choose(cfg, outcomes)
+    assert tuning.schedule == {"UniAD": {"lr": 3e-3, "epochs": 2}}
+    assert tuning.baselines["Padim"] == cfg["tuning"]["baselines"]["Padim"][0]  # option 1 failed
+    assert any(c.get("error") for c in tuning.candidates)
+    assert "| yes |" in quality.tuning_table(tuning)
+
+
+def test_rows_are_mean_and_std_over_seeds_and_judged_against_patchcore(tmp_path):
+    cfg = copy.deepcopy(TINY)
+    tuning = Tuning(
+        schedule={"UniAD": {"lr": 1e-3, "epochs": 3}},
+        baselines={"Patchcore": ["--model.layers", "[blocks.2,blocks.4]"]},
+    )
+    cells = quality.test_cells(cfg, "heldout", tuning, ["UniAD"], tmp_path)
+    assert len(cells) == 3 * 3  # (PatchCore unified, separate, UniAD) x 3 seeds
+    assert {cell.seed for cell in cells} == {0, 1, 2}
+    scores = {"UniAD": [0.70, 0.72, 0.71], "PatchCore (anomalib)": [0.95, 0.96, 0.94]}
+    outcomes = {}
+    for cell in cells:
+        name = cell.label.split(",")[0]
+        if cell.seed == 2 and "separate" in cell.label:
+            outcomes[cell] = {"error": "MemoryError()"}
+            continue
+        outcomes[cell] = {"results": _results(scores[name][cell.seed], ["tissue", "coins"]), "seconds": 1.0}
+    rows = {row.name + row.setting.split(",")[0]: row for row in collect(cfg, "heldout", tuning, outcomes, tmp_path)}
+    uniad = rows["UniADunified"]
+    assert uniad.values["mean I-AUROC"] == pytest.approx([0.70, 0.72, 0.71])
+    assert uniad.against_reference.startswith("PatchCore ahead beyond noise")
+    assert "Welch t(" in uniad.against_reference
+    assert "--seed_everything <seed>" in uniad.command
+    assert "_seed<seed>" in uniad.command
+    separate = rows["PatchCore (anomalib)separate (2 models)"]
+    assert separate.failures == ["seed 2: MemoryError()"]
+    text = table(list(rows.values()), ["tissue", "coins"])
+    assert "0.710 ± 0.010" in text
+    assert "failed: seed 2: MemoryError()" in text
+
+
+def test_saved_cells_are_reused_only_at_the_same_commit(tmp_path, monkeypatch):
+    cell = Cell("test", "UniAD", 0, "anomalib train", ("--model", "UniAD"))
+    saved = tmp_path / "cells" / cell.key
+    saved.parent.mkdir(parents=True)
+    saved.write_text(json.dumps({"code": "abc1234", "args": list(cell.args), "results": {}, "seconds": 1.0}))
+    monkeypatch.setattr(quality, "code_state", lambda: "abc1234")
+    assert run_cells([cell], tmp_path, 1, print)[cell]["seconds"] == 1.0
+    monkeypatch.setattr(quality, "code_state", lambda: "abc1234+dirty")
+    monkeypatch.setattr(quality, "_run_cell", lambda *_: {"error": "ran"})
+    assert run_cells([cell], tmp_path, 1, print)[cell]["error"] == "ran"  # uncommitted code: run again
+
+
+def test_the_three_proxies_are_distinct_and_the_test_proxy_is_the_old_one(tmp_path):
+    from anomalib_multiclass.data.synthetic import make_synthetic_dataset
+
+    roots = {proxy: make_proxy(proxy, TINY, tmp_path) for proxy in quality.PROXIES}
+    sizes = {"n_train": 2, "n_test_good": 1, "n_test_defect": 2, "image_size": 32}
+    old = make_synthetic_dataset(tmp_path / "old", categories=TINY["categories"], seed=0, **sizes)
+    image = "brick/train/good/000.png"
+    assert (roots["test"] / image).read_bytes() == (old / image).read_bytes()
+    assert (roots["validation"] / image).read_bytes() != (old / image).read_bytes()
+    assert sorted(p.name for p in roots["heldout"].iterdir() if p.is_dir()) == ["coins", "tissue"]
+    assert list((roots["heldout"] / "tissue" / "test").rglob("*.png"))
