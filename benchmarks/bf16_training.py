@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import OUR_MODELS, SIZES, proxy_datamodule
 from benchmarks.edge import code_commit, machine_info
-from benchmarks.run import OUR_MODELS, SIZES, _datamodule, _our_model
+from benchmarks.proxy import our_model
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -35,7 +36,7 @@ def _loss(output: Any) -> torch.Tensor:
 def _prepared(name: str, cfg: dict[str, Any], categories: list[str]) -> tuple[Any, Any]:
     """The Lightning module built from seed 0 and set up for training outside a Trainer, and its optimizer."""
     torch.manual_seed(0)
-    module = _our_model(name, cfg)
+    module = our_model(name, cfg)
     module.category_names = categories
     module.setup("fit")
     module.train()
@@ -61,7 +62,7 @@ def _step(module: Any, optimizer: Any, batch: Any, index: int, bf16: bool) -> tu
 
 def measure(name: str, cfg: dict[str, Any], data_root: Path, steps: int) -> dict[str, Any]:
     """Interleaved fp32 / bf16-mixed steps of one model on the same batches."""
-    datamodule = _datamodule(data_root)
+    datamodule = proxy_datamodule(data_root)
     datamodule.setup("fit")
     categories = list(datamodule.category_names)
     torch.manual_seed(0)

@@ -30,16 +30,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.run import (
+from benchmarks.common import (
     OUR_MODELS,
     SIZES,
     Row,
-    _built_models,
-    _datamodule,
-    _our_model,
-    _proxy_input,
-    _table,
+    built_models,
+    proxy_datamodule,
+    table,
 )
+from benchmarks.proxy import our_model, proxy_input
 
 RESULTS = Path(__file__).parent / "results"
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -78,7 +77,7 @@ def raw_outputs(model: Any) -> Iterator[None]:
 
 def proxy_test_set(data_root: Path, size: int) -> dict[str, np.ndarray]:
     """The proxy test images resized to the model input, their labels, masks (same size) and categories."""
-    datamodule = _datamodule(data_root)
+    datamodule = proxy_datamodule(data_root)
     datamodule.setup("test")
     data = datamodule.test_data
     items = [data[i] for i in range(len(data))]
@@ -124,10 +123,10 @@ def export_variant(model: Any, name: str, export: str, cfg: dict[str, Any], data
     from anomalib_multiclass.deploy.quantize import COMPUTE_OPS, float_compute_operations
 
     compression, quantize_encoder = EXPORTS[export]
-    size = _proxy_input(name, cfg)
+    size = proxy_input(name, cfg)
     calibration = None
     if compression == "int8_ptq":
-        calibration = _datamodule(data_root)
+        calibration = proxy_datamodule(data_root)
         calibration.calibration_images_per_category = cfg["n_train"]  # every training image
     start = time.perf_counter()
     previous, model.int8_quantize_encoder = model.int8_quantize_encoder, quantize_encoder
@@ -191,14 +190,14 @@ def measure_model(
     epochs = epochs or cfg["schedule"][name]["epochs"]
     log(f"edge: {name}, training {epochs} epochs")
     torch.manual_seed(0)
-    model = _our_model(name, cfg)
+    model = our_model(name, cfg)
     engine = Engine(
         max_epochs=epochs, accelerator="cpu", default_root_dir=work / name, logger=False, enable_progress_bar=False,
         enable_model_summary=False,
     )  # fmt: skip
-    engine.fit(model, datamodule=_datamodule(data_root))
+    engine.fit(model, datamodule=proxy_datamodule(data_root))
     model.eval()
-    size = _proxy_input(name, cfg)
+    size = proxy_input(name, cfg)
     data = proxy_test_set(data_root, size)
     result: dict[str, Any] = {
         "epochs": epochs, "input px": size, "exports": {}, "variants": {},
@@ -483,17 +482,17 @@ throughput ≥ {TARGET_SPEEDUP:g}x fp32, batch-1 ≥ {TARGET_SPEEDUP_B1:g}x, mea
 "float / all compute ops": convolutions and matrix products without an INT8 input (the float islands;
 `float_compute_operations` in `anomalib_multiclass/deploy/quantize.py`) out of all of them.
 
-{_table(summary_rows(results))}
+{table(summary_rows(results))}
 
 Where the batch-{cfg["speed_batch"]} time goes (OpenVINO `PERF_COUNT`, per-layer medians of 3 runs; share of the
 layers' total by the precision each layer ran in, from its `exec_type`; reorder: the layout and precision
 conversions the plugin inserted; note: the two costliest layer types):
 
-{_table(counter_rows(results))}
+{table(counter_rows(results))}
 
 Per category (I: image AUROC, P: pixel AUROC):
 
-{_table(category_rows(results))}
+{table(category_rows(results))}
 
 Reading, model by model (from the tables above):
 
@@ -571,7 +570,7 @@ def main(argv: list[str] | None = None) -> Path:
             command += f" --output-dir {args.output_dir}"
         args.output_dir.mkdir(parents=True, exist_ok=True)
         machine = machine_info()
-        for name in args.models or _built_models():
+        for name in args.models or built_models():
             try:
                 results[name] = measure_model(name, cfg, data_root, work, log, args.epochs)
             except Exception as error:

@@ -25,18 +25,17 @@ from typing import Any
 
 import torch
 
-from benchmarks.edge import code_commit
-from benchmarks.run import (
+from benchmarks.common import (
     SIZES,
     Row,
-    _datamodule,
-    _fit_and_test,
-    _our_model,
-    _proxy_input,
-    _quality_variants,
-    _table,
     all_in_all_data,
+    fit_and_test,
+    proxy_datamodule,
+    table,
 )
+from benchmarks.edge import code_commit
+from benchmarks.proxy import our_model, proxy_input
+from benchmarks.quality import row_variants
 from benchmarks.stats import mean_std, paired_t_test
 
 RESULTS = Path(__file__).parent / "results"
@@ -52,8 +51,8 @@ def run_one(overrides: dict[str, Any], seed: int, datamodule: Any, cfg: dict[str
     from anomalib_multiclass.evaluation.per_category import is_summary_row
 
     seed_everything(seed, workers=True, verbose=False)
-    model = _our_model("LGC", cfg, **overrides)
-    results, seconds = _fit_and_test(model, datamodule, cfg["schedule"]["LGC"]["epochs"], work)
+    model = our_model("LGC", cfg, **overrides)
+    results, seconds = fit_and_test(model, datamodule, cfg["schedule"]["LGC"]["epochs"], work)
     categories = [name for name in results if not is_summary_row(name)]
     return {
         "categories": {c: results[c]["image_AUROC"] for c in categories},
@@ -88,11 +87,11 @@ def measure(cfg: dict[str, Any], seeds: list[int], work: Path, log: Callable[[st
         n_test_defect=cfg["n_test_defect"], image_size=cfg["image_size"], seed=0,
     )  # fmt: skip
     mixed = all_in_all_data(cfg, work)
-    settings = {"unified": lambda: _datamodule(data_root), "all-in-all": mixed}
+    settings = {"unified": lambda: proxy_datamodule(data_root), "all-in-all": mixed}
     runs: dict[str, Any] = {}
     for setting, datamodule in settings.items():
         for seed in seeds:
-            for overrides in (dict(o) for _, o in _quality_variants("LGC")):
+            for overrides in (dict(o) for _, o in row_variants("LGC")):
                 variant = VARIANTS[0] if overrides.get("contrastive", True) else VARIANTS[1]
                 log(f"LGC claim: {setting}, {variant}, seed {seed}")
                 key = f"{setting} | {variant} | {seed}"
@@ -172,22 +171,22 @@ Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__versio
 
 `LGC()` against `LGC(contrastive=False)` (the paper's "Joint": the same network, projector included, trained with
 the distillation loss only), both on EfficientNet-Lite0 stages 1-3 with real ImageNet weights and RD's bottleneck
-and decoder mirrored from them, {epochs} epochs, {_proxy_input("LGC", cfg)} px, seeds {seeds}{_stopping_note(extra)}
+and decoder mirrored from them, {epochs} epochs, {proxy_input("LGC", cfg)} px, seeds {seeds}{_stopping_note(extra)}
 (the same seed gives both variants the same initial weights and batch order).
 Unified: the proxy data, categories
 {cfg["categories"]}, {cfg["n_train"]} normal training images each, {cfg["n_test_good"]} normal and
 {cfg["n_test_defect"]} defective test images. All-in-all: an MVTec AD layout and a VisA layout in one model
-(`benchmarks/run.py`, `all_in_all_data`), {cfg["mix_train"]} training images per category. AUROC per category
+(`benchmarks/common.py`, `all_in_all_data`), {cfg["mix_train"]} training images per category. AUROC per category
 from the package's evaluator on raw scores, then the mean over categories; "std" is over seeds. The last rows of
 each setting are the paired differences LGC − RD joint, seed by seed; a gap is called beyond noise only where a
 two-sided paired t-test on them rejects "no difference" at 5 % (`benchmarks/stats.py`; n − 1 degrees of freedom,
 the 95 % interval is the t-factor, 4.30 for 3 seeds and 2.78 for 5, times the standard error).
 
-{_table(summary_rows(runs))}
+{table(summary_rows(runs))}
 
 Per category (image AUROC):
 
-{_table(category_rows(runs))}
+{table(category_rows(runs))}
 """
 
 

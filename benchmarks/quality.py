@@ -568,8 +568,9 @@ def main(argv: list[str] | None = None) -> Path:
     import tempfile
     import time
 
+    from benchmarks.common import OUR_MODELS, RESULTS, SIZES
     from benchmarks.curves import plot_curves
-    from benchmarks.run import OUR_MODELS, RESULTS, SIZES, changes
+    from benchmarks.run import changes
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=list(SIZES), default="default")

@@ -21,120 +21,29 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, Trainer
 
+from benchmarks.common import (
+    SIZES,
+    SMALL_INPUT_MODELS,
+    Row,
+    all_in_all_data,
+    built_models,
+    fit_and_test,
+    fmt,
+    proxy_datamodule,
+    table,
+)
 from benchmarks.curves import curve_summary
 from benchmarks.proxy import our_model, proxy_input
 from benchmarks.quality import row_variants
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-SIZES: dict[str, dict[str, Any]] = {
-    "smoke": {
-        "categories": ["brick", "grass", "coffee"],
-        "n_train": 8, "n_test_good": 2, "n_test_defect": 4, "image_size": 96,
-        "input_size": 64, "epochs": 2, "hidden_dim": 32, "layers": 1, "repeats": 2, "speed_batch": 4,
-        "speed_input": 64, "small_input": 64, "rlr_batches": [1], "rlr_steps": 1, "rlr_level_map": 32,
-        "probe_models": ["UniAD"], "probe_epochs": 2,
-        "mix_train": 4, "mix_test_good": 2, "mix_test_defect": 2,
-        "schedule": {name: {"epochs": 2, "val_every": 1} for name in ("UniAD", "MintAD", "RLR", "OmniAD", "LGC")},
-        "seeds": [0, 1], "heldout_categories": ["tissue", "moon", "coins"],
-        "edge_epochs": 1, "bf16_steps": 2, "scale_sizes": [256],
-        "tuning": {
-            "ours": {name: {"lr": [1e-3, 3e-3], "max_epochs": 2, "val_every": 1}
-                     for name in ("UniAD", "MintAD", "RLR", "OmniAD", "LGC")},
-            "baselines": {
-                "Padim": [["--model.layers", "[blocks.1,blocks.2]", "--model.n_features", "50"],
-                          ["--model.layers", "[blocks.2,blocks.4]", "--model.n_features", "100"]],
-                "Patchcore": [["--model.layers", "[blocks.2,blocks.4]", "--model.coreset_sampling_ratio", "0.01"],
-                              ["--model.layers", "[blocks.1,blocks.2]", "--model.coreset_sampling_ratio", "0.01"]],
-            },
-        },
-    },
-    "default": {
-        "categories": ["brick", "grass", "gravel", "coffee", "chelsea"],
-        "n_train": 20, "n_test_good": 6, "n_test_defect": 10, "image_size": 128,
-        "input_size": 224, "epochs": 25, "hidden_dim": 128, "layers": 2, "repeats": 5, "speed_batch": 32,
-        "speed_input": 224, "small_input": 128, "rlr_batches": [1, 2, 4], "rlr_steps": 3, "rlr_level_map": 64,
-        "probe_models": None, "probe_epochs": 3,
-        "mix_train": 12, "mix_test_good": 4, "mix_test_defect": 6,
-        # the other sections' epochs and learning rates until the quality section's tuning replaces them
-        "schedule": {
-            "UniAD": {"epochs": 60, "lr": 1e-3, "val_every": 10},
-            "MintAD": {"epochs": 60, "lr": 1e-3, "val_every": 10},
-            "RLR": {"epochs": 40, "lr": 3e-3, "val_every": 5},
-            "OmniAD": {"epochs": 60, "lr": 1e-3, "val_every": 10},
-            "LGC": {"epochs": 30, "val_every": 5},
-        },
-        "seeds": [0, 1, 2],
-        "edge_epochs": 2, "bf16_steps": 12, "scale_sizes": [256, 1024, 4096, 16384],
-        "heldout_categories": ["tissue", "moon", "astronaut", "rocket", "coins", "camera"],
-        # two configurations per model, chosen on the validation proxy (``benchmarks.quality``); Lite0's feature
-        # stages in timm are blocks.1 (stride 4), blocks.2 (8), blocks.4 (16), blocks.6 (32)
-        "tuning": {
-            "ours": {
-                "UniAD": {"lr": [1e-3, 3e-3], "max_epochs": 60, "val_every": 10},
-                "MintAD": {"lr": [1e-3, 3e-3], "max_epochs": 60, "val_every": 10},
-                "RLR": {"lr": [1e-3, 3e-3], "max_epochs": 40, "val_every": 5},
-                "OmniAD": {"lr": [1e-3, 3e-3], "max_epochs": 60, "val_every": 10},
-                "LGC": {"lr": [5e-3, 1.5e-3], "max_epochs": 30, "val_every": 5},
-            },
-            "baselines": {
-                "Padim": [["--model.layers", "[blocks.1,blocks.2]", "--model.n_features", "50"],
-                          ["--model.layers", "[blocks.2,blocks.4]", "--model.n_features", "100"]],
-                "Patchcore": [["--model.layers", "[blocks.2,blocks.4]", "--model.coreset_sampling_ratio", "0.01"],
-                              ["--model.layers", "[blocks.1,blocks.2]", "--model.coreset_sampling_ratio", "0.01"]],
-            },
-        },
-    },
-}  # fmt: skip
-RESULTS = Path(__file__).parent / "results"
-OUR_MODELS = ("UniAD", "MintAD", "RLR", "OmniAD", "LGC")
-SMALL_INPUT_MODELS = ("RLR", "OmniAD", "LGC")
-
-
-@dataclass
-class Row:
-    """One line of a result table."""
-
-    name: str
-    setting: str
-    values: dict[str, float] = field(default_factory=dict)
-    note: str = ""
-
-
-def _proxy_input(name: str, cfg: dict[str, Any]) -> int:
-    return proxy_input(name, cfg)
-
-
-def _our_model(name: str, cfg: dict[str, Any], **kwargs: Any) -> Any:
-    return our_model(name, cfg, **kwargs)
-
-
-def _datamodule(root: Path, categories: list[str] | None = None) -> Any:
-    from anomalib_multiclass.data import MultiClassFolder
-
-    return MultiClassFolder(root=root, categories=categories, train_batch_size=8, eval_batch_size=16, num_workers=0)
-
-
-def _fit_and_test(model: Any, datamodule: Any, epochs: int, work: Path) -> tuple[dict, float]:
-    """Train and test a model object (the all-in-all run, whose mixed datamodule is built in Python)."""
-    from anomalib.engine import Engine
-
-    engine = Engine(
-        max_epochs=epochs, accelerator="cpu", default_root_dir=work, logger=False, enable_progress_bar=False,
-        enable_model_summary=False,
-    )  # fmt: skip
-    start = time.perf_counter()
-    engine.fit(model, datamodule=datamodule)
-    seconds = time.perf_counter() - start
-    engine.test(model, datamodule=datamodule, verbose=False)
-    return model.evaluator.results, seconds
 
 
 def _still_rising(curves: dict[str, list[dict[str, float]]], step: float = 0.005) -> str:
@@ -148,41 +57,6 @@ def _still_rising(curves: dict[str, list[dict[str, float]]], step: float = 0.005
         return f"No curve's image AUROC rises by more than {step} between its last two points."
     listed = ", ".join(f"{name} ({change})" for name, change in rising.items())
     return f"Still rising between the last two points (image AUROC up by more than {step}): {listed}."
-
-
-def all_in_all_data(cfg: dict[str, Any], work: Path) -> Callable[[], Any]:
-    """Generate the two all-in-all datasets under ``work``; returns a factory of their mixed datamodule.
-
-    An MVTec AD layout (read by ``MultiClassFolder``) and a raw VisA layout (converted by anomalib's own
-    ``Visa.prepare_data`` inside ``MultiClassVisA``), namespaced ``mvtec/...`` and ``visa/...``, one class-index
-    space, batches that mix both.
-    """
-    from anomalib_multiclass.data import MixedMultiClassDataModule, MultiClassFolder, MultiClassVisA
-    from anomalib_multiclass.data.synthetic import make_synthetic_dataset
-
-    sizes = {
-        "n_train": cfg["mix_train"], "n_test_good": cfg["mix_test_good"], "n_test_defect": cfg["mix_test_defect"],
-        "image_size": cfg["image_size"],
-    }  # fmt: skip
-    mvtec = make_synthetic_dataset(work / "mix_mvtec", categories=["brick", "coffee"], seed=11, **sizes)
-    visa = make_synthetic_dataset(work / "mix_visa", layout="visa", categories=["gravel", "coins"], seed=12, **sizes)
-    # the VisA datamodule knows VisA's own category names: the generated categories take two of them
-    renames = {"gravel": "candle", "coins": "capsules"}
-    for old, new in renames.items():
-        (visa / old).rename(visa / new)
-    split = visa / "split_csv" / "1cls.csv"
-    text = split.read_text()
-    for old, new in renames.items():
-        text = text.replace(old, new)
-    split.write_text(text)
-
-    def mixed() -> Any:
-        return MixedMultiClassDataModule(
-            datamodules=[MultiClassFolder(root=mvtec), MultiClassVisA(root=visa, categories=list(renames.values()))],
-            prefixes=["mvtec", "visa"], train_batch_size=8, eval_batch_size=16, num_workers=0,
-        )  # fmt: skip
-
-    return mixed
 
 
 def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> list[Row]:
@@ -200,8 +74,8 @@ def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> l
         log(f"all-in-all: {label}, {epochs} epochs")
         try:
             torch.manual_seed(0)
-            model = _our_model("LGC", cfg, **overrides)
-            results, seconds = _fit_and_test(model, mixed(), epochs, work / "mix")
+            model = our_model("LGC", cfg, **overrides)
+            results, seconds = fit_and_test(model, mixed(), epochs, work / "mix")
             categories = [name for name in results if not is_summary_row(name)]
             values = {f"{c} I-AUROC": results[c]["image_AUROC"] for c in categories}
             for prefix in ("mvtec", "visa"):  # the evaluator's own per-dataset means
@@ -211,7 +85,7 @@ def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> l
                 "mean P-AUROC": results["mean"]["pixel_AUROC"],
                 "train s": seconds,
             }
-            size = _proxy_input("LGC", cfg)
+            size = proxy_input("LGC", cfg)
             rows.append(Row(label, f"all-in-all, {epochs} epochs, {size} px", values))
         except Exception as error:
             traceback.print_exc()
@@ -238,11 +112,6 @@ def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
     return _median_spread(times)
 
 
-def _built_models() -> list[str]:
-    """Our models, in the order of the tables (every one is built; ``benchmarks.edge`` takes its default here)."""
-    return list(OUR_MODELS)
-
-
 def _baselines(cfg: dict[str, Any], data_root: Path, work: Path) -> dict[str, Any]:
     """anomalib's ReverseDistillation (timing only: random wide_resnet50_2) and PatchCore (fitted on the proxy)."""
     from anomalib.models import ReverseDistillation
@@ -250,7 +119,7 @@ def _baselines(cfg: dict[str, Any], data_root: Path, work: Path) -> dict[str, An
     baselines: dict[str, Any] = {"ReverseDistillation (anomalib)": ReverseDistillation(pre_trained=False).eval()}
     patchcore = _patchcore()
     with torch.no_grad():
-        _fit_and_test(patchcore, _datamodule(data_root), 1, work / "patchcore_speed")
+        fit_and_test(patchcore, proxy_datamodule(data_root), 1, work / "patchcore_speed")
     baselines["PatchCore (anomalib)"] = patchcore.eval()
     return baselines
 
@@ -275,8 +144,8 @@ def speed(cfg: dict[str, Any], data_root: Path, work: Path, log: Callable[[str],
     batch = cfg["speed_batch"]
     inference: list[Row] = []
     models: dict[str, Any] = {
-        name: _prepare_for_inference(_our_model(name, cfg, input_size=_speed_input(name, cfg)))
-        for name in _built_models()
+        name: _prepare_for_inference(our_model(name, cfg, input_size=_speed_input(name, cfg)))
+        for name in built_models()
     }
     try:
         models |= _baselines(cfg, data_root, work)
@@ -317,7 +186,7 @@ def speed(cfg: dict[str, Any], data_root: Path, work: Path, log: Callable[[str],
             if "eager b1 ms" in row.values:
                 row.values["b1 vs RD"] = row.values["eager b1 ms"] / reference.values["eager b1 ms"]
     training = []
-    for name in cfg["probe_models"] or _built_models():
+    for name in cfg["probe_models"] or built_models():
         for cache in (False, True):
             log(f"speed: {name} training, cache={cache}")
             training.append(_in_subprocess(_training_probe, name, cfg, str(data_root), cache))
@@ -441,12 +310,12 @@ def _training_probe(name: str, cfg: dict[str, Any], data_root: str, cache: bool)
     """Three epochs of training; epoch times, images/s and the process's peak memory."""
     torch.set_num_threads(os.cpu_count() or 1)
     torch.set_flush_denormal(True)  # denormal floats in a decoder's tail can slow a CPU step many times over
-    model = _our_model(name, cfg, pre_trained=True)
+    model = our_model(name, cfg, pre_trained=True)
     if hasattr(model, "feature_cache"):
         model.feature_cache.enabled = cache
     elif cache:
         return Row(name, "cache on", note="no frozen-feature cache (every step augments)")
-    datamodule = _datamodule(Path(data_root))
+    datamodule = proxy_datamodule(Path(data_root))
     timer = EpochTimer()
     trainer = Trainer(
         max_epochs=cfg["probe_epochs"], accelerator="cpu", logger=False, enable_progress_bar=False,
@@ -457,7 +326,7 @@ def _training_probe(name: str, cfg: dict[str, Any], data_root: str, cache: bool)
     later = statistics.median(timer.epochs[1:])
     return Row(
         name,
-        f"{_proxy_input(name, cfg)} px, cache {'on' if cache else 'off'}",
+        f"{proxy_input(name, cfg)} px, cache {'on' if cache else 'off'}",
         {
             "epoch 1 s": timer.epochs[0],
             "later epochs s (median)": later,
@@ -548,7 +417,7 @@ def memory(cfg: dict[str, Any], work: Path) -> list[Row]:
     rows = []
     categories = cfg["categories"]
     n = len(categories)
-    for name in _built_models():
+    for name in built_models():
         unified = _footprint(_for_categories(name, cfg, categories))
         separate = [_footprint(_for_categories(name, cfg, [category])) for category in categories]
         values = {
@@ -563,7 +432,7 @@ def memory(cfg: dict[str, Any], work: Path) -> list[Row]:
 
 def _for_categories(name: str, cfg: dict[str, Any], categories: list[str]) -> Any:
     """Our model built for ``categories``, as training on them builds it (MINT-AD sizes its class parts by them)."""
-    model = _our_model(name, cfg, pre_trained=False)
+    model = our_model(name, cfg, pre_trained=False)
     model.category_names = list(categories)
     model.setup("fit")
     return model.eval()
@@ -576,23 +445,6 @@ def _footprint(model: Any) -> tuple[float, float]:
     return buffer.getbuffer().nbytes / 2**20, sum(p.numel() for p in model.parameters()) / 1e6
 
 
-def _table(rows: list[Row]) -> str:
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row.values if c not in columns]
-    lines = ["| model | setting | " + " | ".join(columns) + " | note |", "|" + "---|" * (len(columns) + 3)]
-    for row in rows:
-        cells = [v if isinstance(v := row.values.get(c), str) else _fmt(v) for c in columns]  # text as it is
-        lines.append(f"| {row.name} | {row.setting} | " + " | ".join(cells) + f" | {row.note} |")
-    return "\n".join(lines)
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return ""
-    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
-
-
 def _device_line() -> str:
     if torch.cuda.is_available():
         return f"GPU {torch.cuda.get_device_name(0)} (CUDA rows measured on it)"
@@ -603,7 +455,7 @@ def _commands(commands: list[tuple[str, str]]) -> str:
     return "\n".join(f"- {label}: `{text}`" for label, text in commands)
 
 
-def _curve_table(curves: dict[str, list[dict[str, float]]]) -> str:
+def _curvetable(curves: dict[str, list[dict[str, float]]]) -> str:
     lines = ["| model | epoch: mean image / pixel AUROC |", "|---|---|"]
     lines += [f"| {name} | {curve_summary(points)} |" for name, points in curves.items()]
     return "\n".join(lines)
@@ -655,7 +507,7 @@ def changes(previous: dict[str, Any] | None, now: dict[str, Any]) -> str:
 
 
 def _means(row: dict[str, Any]) -> str:
-    return f"{_fmt(row['values'].get('mean I-AUROC'))} / {_fmt(row['values'].get('mean P-AUROC'))}"
+    return f"{fmt(row['values'].get('mean I-AUROC'))} / {fmt(row['values'].get('mean P-AUROC'))}"
 
 
 def _delta(row: dict[str, Any], before: dict[str, Any], key: str) -> str:
@@ -752,7 +604,7 @@ def core(size: str, cfg: dict[str, Any], results: Path, work: Path) -> Path:
     recipes = apply_tuning(cfg, results)
     mix_rows = all_in_all(cfg, work, log)
     inference_rows, training_rows = speed(cfg, data_root, work, log)
-    attention_rows = rlr_attention(cfg, log) if "RLR" in _built_models() else []
+    attention_rows = rlr_attention(cfg, log) if "RLR" in built_models() else []
     memory_rows = memory(cfg, work)
     minutes = (time.perf_counter() - started) / 60
     tables = {
@@ -783,7 +635,7 @@ mixed by `MixedMultiClassDataModule` (classes `mvtec/...`, `visa/...`), {cfg["mi
 per category, {cfg["mix_test_good"]} normal and {cfg["mix_test_defect"]} defective test images; Lite0 encoder
 (stages 1-3, real weights) as in the quality section. Per category, mean per dataset, overall mean.
 
-{_table(mix_rows) if mix_rows else "LGC not built."}
+{table(mix_rows) if mix_rows else "LGC not built."}
 
 ## Inference speed
 Median of {cfg["repeats"]} runs after a warm-up; batch 1 latency and batch {cfg["speed_batch"]} throughput, each model
@@ -797,14 +649,14 @@ input, which their own pre-processors resize to 256 px (anomalib's default) in t
 graph, as the setting column says; "b1 vs RD" is each model's eager batch-1 latency over RD's.
 OpenVINO runs with its default CPU precision (bf16 on CPUs with bf16 units). {_device_line()}.
 
-{_table(tables["inference"])}
+{table(tables["inference"])}
 
 ## Training speed and memory, with and without the frozen-feature cache (CPU)
 {cfg["probe_epochs"]} epochs on the proxy training set, batch 8, each run in a fresh process; "later epochs" is the
 median of the epochs after the first. With the cache on, epoch 1 fills it and later epochs skip the backbone
 (exactly the same losses: `tests/unit/test_uniad.py`). Peak RSS is the whole process's (Python, torch, data included).
 
-{_table(tables["training"])}
+{table(tables["training"])}
 
 ## RLR attention: efficient against textbook form
 One training step (forward, backward, Adam) of RLR's first level at the paper's configuration
@@ -814,7 +666,7 @@ fresh process (memory capped at {RLR_MEMORY_CAP_GIB} GiB). The textbook form mat
 weights per branch and block, as the official code does; the efficient form gathers each window for LCA and runs
 MLKA through `scaled_dot_product_attention` with a boolean mask (same outputs: `tests/unit/test_rlr.py`).
 
-{_table(attention_rows) if attention_rows else "RLR not built."}
+{table(attention_rows) if attention_rows else "RLR not built."}
 
 ## Memory and disk: one unified model against one model per category
 Each model's saved state dict (`torch.save`) and parameter count, built for the {len(cfg["categories"])} categories
@@ -822,7 +674,7 @@ Each model's saved state dict (`torch.save`) and parameter count, built for the 
 {len(cfg["categories"])} models, every one with its own copy of the frozen encoder; MINT-AD's class-conditioned
 parts are sized by its number of categories).
 
-{_table(tables["memory"])}
+{table(tables["memory"])}
 """
 
 

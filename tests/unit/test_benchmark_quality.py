@@ -6,8 +6,8 @@ import json
 import pytest
 
 from benchmarks import quality
+from benchmarks.common import SIZES
 from benchmarks.quality import Cell, Tuning, best_point, choose, collect, make_proxy, run_cells, table
-from benchmarks.run import SIZES
 
 TINY = copy.deepcopy(SIZES["smoke"]) | {
     "categories": ["brick", "coffee"], "heldout_categories": ["tissue", "coins"], "n_train": 2, "n_test_good": 1,

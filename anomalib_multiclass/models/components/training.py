@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from anomalib.pre_processing import PreProcessor
@@ -13,6 +13,11 @@ from torch import optim
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_multiclass.models.components.feature_cache import FrozenFeatureCache
+
+if TYPE_CHECKING:  # the mixin is read as what it extends: an AnomalibModule (its super() call checked)
+    from anomalib.models.components import AnomalibModule as ModuleBase
+else:
+    ModuleBase = object
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +84,7 @@ def adamw_with_step_decay(
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
-class FeatureCacheMixin:
+class FeatureCacheMixin(ModuleBase):
     """Frozen-feature cache for a Lightning module whose torch model has ``extract_features(images)``.
 
     The cache switches itself off at fit start when the datamodule applies random training augmentations
@@ -95,7 +100,7 @@ class FeatureCacheMixin:
         if self.feature_cache.enabled and getattr(datamodule, "train_augmentations", None) is not None:
             logger.info("Training augmentations are set: frozen features are recomputed every step (no cache).")
             self.feature_cache.enabled = False
-        super().on_fit_start()  # type: ignore[misc]
+        super().on_fit_start()
 
     def cached_features(self, batch: Any) -> Any:
         """Frozen features of the batch's images, from the cache when possible."""

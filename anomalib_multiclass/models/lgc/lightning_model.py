@@ -97,6 +97,23 @@ class LGC(MultiClassMixin, AnomalibModule):
         post_processor: true: per-category thresholds and normalisation learnt on validation; false: none; or a module.
         evaluator: true: per-category test metrics (image/pixel AUROC, AP, F1-max, AUPRO); false: none; or an Evaluator.
         visualizer: true: heat-map pictures saved per category; false: none; or a Visualizer.
+
+    Example:
+        A small model on random weights, and its raw scores and anomaly maps for two images:
+
+        >>> import torch
+        >>> from anomalib_multiclass.models import LGC
+        >>> model = LGC(backbone="tf_efficientnet_lite0", pre_trained=False, input_size=(64, 64), layers=(1, 2, 3))
+        >>> output = model.model.eval()(torch.rand(2, 3, 64, 64))
+        >>> output.pred_score.shape, output.anomaly_map.shape
+        (torch.Size([2]), torch.Size([2, 1, 64, 64]))
+
+        One model for every category of a dataset, as ``anomalib train --model LGC --data ...`` trains it:
+
+        >>> from anomalib.engine import Engine
+        >>> from anomalib_multiclass.data import MultiClassMVTecAD
+        >>> datamodule = MultiClassMVTecAD(root="./datasets/MVTecAD")  # every category, batches carry the class
+        >>> Engine(max_epochs=200).fit(LGC(), datamodule=datamodule)  # doctest: +SKIP
     """
 
     def __init__(

@@ -1,0 +1,110 @@
+"""Export of a multi-class model: anomalib's ``to_onnx``/``to_openvino``/``to_torch`` plus what travels with them.
+
+Each export writes ``multiclass_metadata.json`` beside the model (category names, per-category thresholds, the
+post-processor's settings), refuses to replace an earlier export, ends the graph with the raw scores where the
+package's inferencer needs them, and calibrates INT8 on images of every category.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from anomalib_multiclass.category_map import write_metadata
+from anomalib_multiclass.models.components.checks import raw_export_outputs, refuse_existing_export
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+if TYPE_CHECKING:  # the mixins are read as what they extend: an AnomalibModule (super() calls checked)
+    from anomalib.models.components import AnomalibModule as ModuleBase
+else:
+    ModuleBase = object
+
+ONNX_OPSET_VERSION = 18
+
+
+class MultiClassExportMixin(ModuleBase):
+    """Exports that carry the category map and thresholds, never overwrite, and quantize per category."""
+
+    category_names: list[str] | None
+    # INT8 export (INT8_PTQ / INT8_ACQ) keeps the frozen encoder in floating point; True quantizes it too (faster,
+    # less accurate: its features are what the model reconstructs, see ``deploy/quantize.py``)
+    int8_quantize_encoder: bool = False
+    # CPU precision of the layers an INT8 export leaves in floating point, written into the export as its runtime
+    # option INFERENCE_PRECISION_HINT (None: the plugin's default, bf16 on a CPU with AVX-512 BF16). OpenVINO's
+    # compile_model does not apply it by itself (measured, OpenVINO 2026.4); MultiClassOpenVINOInferencer does.
+    int8_float_precision: str | None = None
+
+    def export_metadata(self) -> dict[str, Any]:
+        """What travels with an exported model: category names and per-category thresholds."""
+        post_processor = getattr(self, "post_processor", None)
+        table = getattr(post_processor, "per_class_thresholds", None)
+        config = getattr(post_processor, "checkpoint_config", None)
+        return {
+            "category_names": self.category_names,
+            "thresholds": table(self.category_names) if table is not None else {},
+            "post_processor": config() if config is not None else {},
+        }
+
+    def _write_export_metadata(self, model_path: Path, **extra: Any) -> Path:
+        return write_metadata(model_path, {**self.export_metadata(), **extra})
+
+    def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
+        """Anomalib's ONNX export at opset 18, plus ``multiclass_metadata.json`` next to the model.
+
+        anomalib asks for opset 14, below what torch's exporter writes (18): the exporter then tries a
+        down-conversion that fails on ``Pad``, prints a traceback and keeps opset 18 anyway. Asking for 18
+        gives the same model without the noise; ``opset_version=...`` still overrides it.
+        """
+        kwargs.setdefault("opset_version", ONNX_OPSET_VERSION)
+        refuse_existing_export(args[0] if args else kwargs.get("export_root"), "onnx", (".onnx",), args, kwargs)
+        with raw_export_outputs(getattr(self, "post_processor", None)):
+            path = super().to_onnx(*args, **kwargs)
+        self._write_export_metadata(path)
+        return path
+
+    def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
+        """Anomalib's OpenVINO export that anomalib's own ``OpenVINOInferencer`` runs, plus the metadata file.
+
+        anomalib's inferencer makes a ``NumpyImageBatch`` of every model output and fails on a field it does not
+        know, so outputs beyond anomalib's (MINT-AD's ``pred_class``, the raw ``raw_pred_score``/``raw_anomaly_map``)
+        stay in the graph as named tensors but not as outputs; the metadata lists them (``hidden_outputs``) and
+        ``MultiClassOpenVINOInferencer`` reads them.
+        """
+        from anomalib_multiclass.deploy.inferencer import hide_extra_outputs
+
+        root = args[0] if args else kwargs.get("export_root")
+        refuse_existing_export(root, "openvino", (".xml", ".bin"), args, kwargs)
+        path = super().to_openvino(*args, **kwargs)
+        self._write_export_metadata(path, hidden_outputs=hide_extra_outputs(path))
+        return path
+
+    def to_torch(self, *args: Any, **kwargs: Any) -> Path:
+        """The torch export of anomalib, refused where it would replace an earlier export."""
+        refuse_existing_export(args[0] if args else kwargs.get("export_root"), "torch", (".pt",), args, kwargs)
+        return super().to_torch(*args, **kwargs)
+
+    def _compress_ov_model(
+        self,
+        model: Any,
+        compression_type: Any = None,
+        datamodule: Any = None,
+        metric: Any = None,
+        task: Any = None,
+        max_drop: float = 0.01,
+    ) -> Any:
+        """INT8 compression calibrated on images of every category (``anomalib_multiclass.deploy.quantize``).
+
+        The frozen encoder stays in floating point unless ``int8_quantize_encoder`` is set.
+        """
+        del task
+        from anomalib_multiclass.deploy.compress import compress_openvino_model
+
+        parameters = self.named_parameters()
+        frozen = None if self.int8_quantize_encoder else [name for name, p in parameters if not p.requires_grad]
+        compressed = compress_openvino_model(
+            model, compression_type, datamodule, metric=metric, max_drop=max_drop, frozen_parameters=frozen
+        )
+        if self.int8_float_precision is not None and str(compression_type).lower().endswith(("int8_ptq", "int8_acq")):
+            compressed.set_rt_info(self.int8_float_precision, ["runtime_options", "INFERENCE_PRECISION_HINT"])
+        return compressed
