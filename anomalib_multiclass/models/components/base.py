@@ -17,7 +17,7 @@ evaluation and pictures) and test and prediction as the model's own ``validation
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,25 @@ class MultiClassMixin(CategoryMapMixin, MultiClassExportMixin, CheckpointMixin):
     validation_step: Callable[..., Any]  # each model's own: the image alone in, the torch model's outputs out
     model_input_size: tuple[int, int]  # set by each model before anomalib's __init__ builds the pre-processor
     backbone_name: str
+
+    def __init__(
+        self,
+        backbone: str,
+        input_size: Sequence[int],
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        """Record the backbone and input size the default pre-processor is built from, then build the components.
+
+        ``True`` for a component means this package's (the ``configure_*`` methods below), as in anomalib.
+        """
+        self.model_input_size = tuple(int(size) for size in input_size)
+        self.backbone_name = backbone
+        super().__init__(
+            pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer
+        )
 
     @property
     def learning_type(self) -> LearningType:

@@ -1,14 +1,37 @@
-"""Scoring pieces the reconstruction models share: image scores, the score blur, the feature-map size check."""
+"""Scoring pieces the reconstruction models share.
+
+The multi-level forward, image scores, the score blur and the feature-map size check.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
 from anomalib_multiclass.models.components.blur import MatrixGaussianBlur2d
+
+
+def multi_level_forward(
+    model: Any, images: torch.Tensor, features: Sequence[torch.Tensor] | None
+) -> dict[str, list[torch.Tensor]] | MultiClassInferenceBatch:
+    """The forward of a model that reconstructs its frozen multi-level features (RLR, Omni-AD).
+
+    ``model`` has ``extract_features(images)``, ``reconstruct(features)``, ``anomaly_map(features,
+    reconstructions, size)`` and ``image_score(anomaly_map)``. Training: the features and their reconstructions
+    (for the loss); ``features`` given (e.g. from the frozen-feature cache) skip the backbone. Eval: the anomaly map
+    at the image size and the image score.
+    """
+    features = list(model.extract_features(images) if features is None else features)
+    reconstructions = model.reconstruct(features)
+    if model.training:
+        return {"features": features, "reconstructions": reconstructions}
+    anomaly_map = model.anomaly_map(features, reconstructions, images.shape[-2:])
+    return MultiClassInferenceBatch(pred_score=model.image_score(anomaly_map), anomaly_map=anomaly_map)
 
 
 def pooled_max(anomaly_map: torch.Tensor, pool_size: int) -> torch.Tensor:

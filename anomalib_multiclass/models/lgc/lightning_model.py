@@ -142,14 +142,7 @@ class LGC(MultiClassMixin, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        self.model_input_size = tuple(int(s) for s in input_size)
-        self.backbone_name = backbone
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
+        super().__init__(backbone, input_size, pre_processor, post_processor, evaluator, visualizer)
         self.model = LGCModel(
             backbone=backbone,
             layers=layers,

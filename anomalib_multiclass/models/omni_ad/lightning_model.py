@@ -113,14 +113,7 @@ class OmniAD(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        self.model_input_size = tuple(int(s) for s in input_size)
-        self.backbone_name = backbone
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
+        super().__init__(backbone, input_size, pre_processor, post_processor, evaluator, visualizer)
         self.model = OmniADModel(**same_named_arguments(OmniADModel, locals(), input_size=self.model_input_size))
         self.loss = OmniADLoss()
         self.lr = lr

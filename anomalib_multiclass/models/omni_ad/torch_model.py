@@ -21,7 +21,7 @@ from torch import nn
 from anomalib_multiclass.data.dataclasses import MultiClassInferenceBatch
 from anomalib_multiclass.models.components.feature_extractor import FrozenBackbone
 from anomalib_multiclass.models.components.jitter import feature_jitter
-from anomalib_multiclass.models.components.scoring import check_feature_sizes, score_blur
+from anomalib_multiclass.models.components.scoring import check_feature_sizes, multi_level_forward, score_blur
 from anomalib_multiclass.models.omni_ad.blocks import OmniDecoder
 from anomalib_multiclass.models.omni_ad.neck import FusionNeck
 
@@ -158,11 +158,9 @@ class OmniADModel(nn.Module):
         map is the smoothed one (as anomalib's Reverse Distillation and the official evaluation); the image score
         is its maximum.
         """
-        if features is None:
-            features = self.extract_features(images)
-        features = list(features)
-        reconstructions = self.reconstruct(features)
-        if self.training:
-            return {"features": features, "reconstructions": reconstructions}
-        anomaly_map = self.anomaly_map(features, reconstructions, images.shape[-2:])
-        return MultiClassInferenceBatch(pred_score=anomaly_map.flatten(1).amax(dim=1), anomaly_map=anomaly_map)
+        return multi_level_forward(self, images, features)
+
+    @staticmethod
+    def image_score(anomaly_map: torch.Tensor) -> torch.Tensor:
+        """The maximum of the (already smoothed) map, (B, 1, H, W) -> (B,)."""
+        return anomaly_map.flatten(1).amax(dim=1)

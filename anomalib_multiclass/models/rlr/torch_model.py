@@ -28,7 +28,7 @@ from anomalib_multiclass.models.components.attention import (
 )
 from anomalib_multiclass.models.components.feature_extractor import MultiStageFeatureExtractor
 from anomalib_multiclass.models.components.jitter import feature_jitter
-from anomalib_multiclass.models.components.scoring import check_feature_sizes, score_blur
+from anomalib_multiclass.models.components.scoring import check_feature_sizes, multi_level_forward, score_blur
 
 
 def sincos_position_table(height: int, width: int, dim: int) -> torch.Tensor:
@@ -250,12 +250,8 @@ class RLRModel(nn.Module):
         is the unsmoothed mean map (the official pixel metrics use it); the image score is the maximum of
         its σ-blurred version.
         """
-        if features is None:
-            features = self.extract_features(images)
-        features = list(features)
-        reconstructions = self.reconstruct(features)
-        if self.training:
-            return {"features": features, "reconstructions": reconstructions}
-        anomaly_map = self.anomaly_map(features, reconstructions, images.shape[-2:])
-        score = self.blur(anomaly_map).flatten(1).amax(dim=1)
-        return MultiClassInferenceBatch(pred_score=score, anomaly_map=anomaly_map)
+        return multi_level_forward(self, images, features)
+
+    def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """The maximum of the σ-blurred map (the official image score), (B, 1, H, W) -> (B,)."""
+        return self.blur(anomaly_map).flatten(1).amax(dim=1)
