@@ -107,3 +107,21 @@ def test_the_three_proxies_are_distinct_and_the_test_proxy_is_the_old_one(tmp_pa
     assert (roots["validation"] / image).read_bytes() != (old / image).read_bytes()
     assert sorted(p.name for p in roots["heldout"].iterdir() if p.is_dir()) == ["coins", "tissue"]
     assert list((roots["heldout"] / "tissue" / "test").rglob("*.png"))
+
+
+def test_what_changed_is_computed_from_the_previous_quality_record():
+    from benchmarks.quality import SeededRow, as_run_record, rows_record
+    from benchmarks.run import changes
+
+    def record(score: float, epochs: int, commit: str) -> dict:
+        row = SeededRow("UniAD", f"unified, {epochs} epochs", values={"mean I-AUROC": [score, score + 0.02]})
+        row.command = f"anomalib train --model UniAD --trainer.max_epochs {epochs} --seed_everything <seed>"
+        return {"command": "python -m benchmarks.quality", "code": commit, "size": "default",
+                "proxies": {"test": rows_record([row])}}  # fmt: skip
+
+    text = changes(as_run_record(record(0.80, 40, "aaa1111")), as_run_record(record(0.90, 60, "bbb2222")))
+    assert "aaa1111" in text
+    assert "bbb2222" in text
+    line = next(line for line in text.splitlines() if line.startswith("| UniAD"))
+    assert "+0.100" in line
+    assert "-40 +60" in line
