@@ -32,6 +32,7 @@ import subprocess
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,15 +183,30 @@ def run_cells(cells: list[Cell], work: Path, jobs: int, log: Callable[[str], Non
         for count, cell in enumerate(todo, start=1):
             finished(cell, _run_cell(cell, log_file(cell), threads), count)
         return {cell: outcomes[cell] for cell in cells}
+    # A worker killed from outside (the kernel's out-of-memory killer) breaks the whole pool: the cells it had not
+    # finished run again in a fresh pool of one worker (half the memory); a cell that breaks a pool twice fails.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(_run_cell, cell, log_file(cell), threads): cell for cell in todo}
-        for count, (future, cell) in enumerate(futures.items(), start=1):
-            try:
-                outcome = future.result()
-            except Exception as error:  # the worker itself died (out of memory, a crash in native code)
-                outcome = {"error": f"worker failed: {error!r}"[:300]}
-            finished(cell, outcome, count)
+    broken: dict[Cell, int] = {}
+    remaining, count = list(todo), 0
+    while remaining:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = {pool.submit(_run_cell, cell, log_file(cell), threads): cell for cell in remaining}
+            for future, cell in futures.items():
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool as error:
+                    broken[cell] = broken.get(cell, 0) + 1
+                    if broken[cell] < 2:
+                        continue
+                    outcome = {"error": f"its worker was killed twice (out of memory?): {error!r}"[:300]}
+                except Exception as error:  # a crash in native code, an unpicklable result
+                    outcome = {"error": f"worker failed: {error!r}"[:300]}
+                count += 1
+                finished(cell, outcome, count)
+        remaining = [cell for cell in remaining if cell not in outcomes]
+        if remaining:
+            log(f"a worker died (out of memory?): the {len(remaining)} unfinished cells run again, one at a time")
+            jobs, threads = 1, os.cpu_count() or 1
     return {cell: outcomes[cell] for cell in cells}  # in the order of ``cells``: the order of the table
 
 
