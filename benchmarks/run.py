@@ -562,7 +562,8 @@ def section_arguments(section: str, size: str, cfg: dict[str, Any], results: Pat
     if section == "bf16":
         return ["--steps", str(cfg["bf16_steps"]), "--output-dir", str(results)]
     if section == "scale":
-        return ["--sizes", *map(str, cfg["scale_sizes"]), "--output", str(results)]
+        evaluators = ["--evaluators", *cfg["scale_evaluators"]]
+        return ["--sizes", *map(str, cfg["scale_sizes"]), *evaluators, "--output", str(results)]
     raise KeyError(section)
 
 
