@@ -44,7 +44,7 @@ def test_table_rows_sees_empty_cells_and_notes():
     ]
 
 
-@pytest.mark.slow  # every section at its smoke size: about 25 minutes on 2 cores; .ci/run runs it
+@pytest.mark.slow  # every section at its smoke size: 18 minutes on 2 quiet cores (7d6d3a9); .ci/run runs it
 def test_benchmark_smoke(tmp_path):
     output = tmp_path / "BENCHMARKS.md"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
