@@ -73,8 +73,7 @@ def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> l
     mixed = all_in_all_data(cfg, work)
     rows = []
     epochs = cfg["schedule"]["LGC"]["epochs"]
-    for variant, overrides in _quality_variants("LGC"):
-        label = f"LGC{' ' + variant if variant else ''}"
+    for label, overrides in row_variants("LGC"):
         log(f"all-in-all: {label}, {epochs} epochs")
         try:
             torch.manual_seed(0)
@@ -95,11 +94,6 @@ def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> l
             traceback.print_exc()
             rows.append(Row(label, "all-in-all", note=f"failed: {error!r}"[:200]))
     return rows
-
-
-def _quality_variants(name: str) -> list[tuple[str, dict[str, Any]]]:
-    """Settings run per model: LGC also runs with its contrastive losses off (plain RD trained jointly)."""
-    return [(label.removeprefix(name).strip(), overrides) for label, overrides in row_variants(name)]
 
 
 def _median_spread(times: list[float]) -> tuple[float, float]:
