@@ -16,203 +16,38 @@ Each row of a test proxy is its command run once per training seed, the seeds fi
 unified by a two-sided Welch t-test over the seeds (:mod:`benchmarks.stats`).
 
 Every run (a "cell": proxy, row, seed) is one ``anomalib train`` (or ``anomalib-multiclass separate``) command in a
-worker process; ``--jobs 2`` runs two at once, each on one thread. A cell's outcome is saved under the work folder
-with its command and the code's commit, so a run cut short continues where it stopped (``--work`` kept) at the
-same commit, and reuses nothing from another commit or from uncommitted code.
+worker process; ``--jobs 2`` runs two at once, each on one thread. A cell's outcome is saved in the cell store
+(``--cells``, committed under ``benchmarks/results/quality_cells/<size>/``) with its command, commit and library
+versions, so a run cut short continues where it stopped, in this session or a later one; :mod:`benchmarks.cells`
+says when a saved cell is reused (never after a change to code that determines a result).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import multiprocessing
 import os
-import subprocess
-import traceback
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.curves import read_curve
-from benchmarks.proxy import BASELINES, command_text, model_arguments, proxy_input, train_arguments
+from benchmarks.cells import (
+    PROXIES,
+    RESULT_CODE,
+    Cell,
+    _folder,
+    code_state,
+    make_proxy,
+    proxy_categories,
+    run_cells,
+)
+from benchmarks.proxy import BASELINES, model_arguments, proxy_input, train_arguments
 from benchmarks.stats import format_mean_std, mean_std, welch_t_test
 
-PROXIES = ("validation", "test", "heldout")
-GENERATOR_SEEDS = {"validation": 1, "test": 0, "heldout": 0}
 REFERENCE = "PatchCore (anomalib), unified"
 BASELINE_LABELS = {"Padim": "Padim (anomalib)", "Patchcore": "PatchCore (anomalib)"}
 QUALITY_METRICS = {"mean I-AUROC": "image_AUROC", "mean P-AUROC": "pixel_AUROC", "mean AUPRO": "AUPRO"}
-
-
-# ----------------------------------------------------------------------------------------------- the proxies
-def proxy_categories(proxy: str, cfg: dict[str, Any]) -> list[str]:
-    """The categories of a proxy: the heldout proxy has its own photos."""
-    return list(cfg["heldout_categories"] if proxy == "heldout" else cfg["categories"])
-
-
-def make_proxy(proxy: str, cfg: dict[str, Any], work: Path) -> Path:
-    """Generate (once per work folder) the dataset of ``proxy`` and return its root."""
-    from anomalib_multiclass.data.synthetic import DEFECT_TYPES, HELDOUT_DEFECT_TYPES, make_synthetic_dataset
-
-    if proxy not in PROXIES:
-        msg = f"Unknown proxy {proxy!r}; use one of {PROXIES}."
-        raise ValueError(msg)
-    root = work / f"proxy_{proxy}"
-    done = root / ".complete"
-    if done.exists():
-        return root
-    make_synthetic_dataset(
-        root, categories=proxy_categories(proxy, cfg), n_train=cfg["n_train"], n_test_good=cfg["n_test_good"],
-        n_test_defect=cfg["n_test_defect"], image_size=cfg["image_size"], seed=GENERATOR_SEEDS[proxy],
-        defect_types=HELDOUT_DEFECT_TYPES if proxy == "heldout" else DEFECT_TYPES,
-    )  # fmt: skip
-    done.write_text("generated\n")
-    return root
-
-
-# ----------------------------------------------------------------------------------------------- the cells
-@dataclass(frozen=True)
-class Cell:
-    """One command of the quality section: a row of a proxy at one seed (``curve``: its validation curve's file)."""
-
-    proxy: str
-    label: str
-    seed: int
-    program: str
-    args: tuple[str, ...]
-    curve: str | None = None
-
-    @property
-    def key(self) -> str:
-        """The cell's file name under the work folder."""
-        return f"{self.proxy}/{_folder(self.label)}/seed{self.seed}.json"
-
-    def command(self, data_root: Path, run_root: Path) -> str:
-        """The command as a user types it, scratch paths as placeholders."""
-        return command_text(self.program, list(self.args), data_root, run_root)
-
-
-def _folder(label: str) -> str:
-    """A file-system name of a row label (letters, digits, dots and underscores only)."""
-    return "_".join("".join(ch if ch.isalnum() or ch == "." else " " for ch in label).split())
-
-
-def code_state() -> str:
-    """The commit the cells run at, with ``+dirty`` when tracked files differ from it (such cells are not reused)."""
-    here = Path(__file__).parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown+dirty"
-    return f"{commit}+dirty" if dirty else commit
-
-
-def _run_cell(cell: Cell, log_path: str, threads: int) -> dict[str, Any]:
-    """Run one cell (in a worker process): its per-category table, seconds, curve, or the error."""
-    import torch
-
-    from benchmarks.proxy import run_separate, run_train
-
-    torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)  # denormal floats in a decoder's tail can slow a CPU step many times over
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        try:
-            # anomalib's baselines only gather statistics: no gradients
-            with torch.no_grad() if _is_baseline(cell.label) else contextlib.nullcontext():
-                run = run_separate if cell.program.endswith("separate") else run_train
-                results, seconds = run(list(cell.args))
-        except Exception as error:
-            traceback.print_exc()
-            return {"error": f"{error!r}"[:300] + f" (log: {log_path})"}
-    curve = read_curve(Path(cell.curve)) if cell.curve else []
-    return {"results": _plain(results), "seconds": seconds, "curve": curve}
-
-
-def _plain(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """The evaluator's table as JSON numbers (``None`` for undefined metrics)."""
-    table: dict[str, dict[str, float | None]] = {}
-    for category, metrics in results.items():
-        table[category] = {}
-        for name, value in metrics.items():
-            with contextlib.suppress(TypeError, ValueError):
-                number = float(value)
-                table[category][name] = None if math.isnan(number) else number
-    return table
-
-
-def run_cells(cells: list[Cell], work: Path, jobs: int, log: Callable[[str], None]) -> dict[Cell, dict[str, Any]]:
-    """Every cell's outcome: reused from the work folder when saved at this commit with the same command, else run
-    (``jobs`` at once, each on ``cpus // jobs`` threads)."""
-    state = code_state()
-    outcomes: dict[Cell, dict[str, Any]] = {}
-    todo = []
-    for cell in cells:
-        saved = work / "cells" / cell.key
-        if saved.exists() and not state.endswith("dirty"):
-            record = json.loads(saved.read_text())
-            if record.get("code") == state and record.get("args") == list(cell.args) and "error" not in record:
-                outcomes[cell] = record
-                continue
-        todo.append(cell)
-    if len(todo) < len(cells):
-        log(f"reusing {len(cells) - len(todo)} cells saved at commit {state} under {work / 'cells'}")
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
-
-    def finished(cell: Cell, outcome: dict[str, Any], count: int) -> None:
-        outcome |= {"code": state, "args": list(cell.args), "threads": threads, "jobs": jobs}
-        saved = work / "cells" / cell.key
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(outcome, indent=1))
-        outcomes[cell] = outcome
-        status = f"failed: {outcome['error']}" if "error" in outcome else f"{outcome['seconds']:.0f} s"
-        log(f"[{count}/{len(todo)}] {cell.proxy} {cell.label} seed {cell.seed}: {status}")
-
-    def log_file(cell: Cell) -> str:
-        return str(work / "logs" / cell.key.replace(".json", ".log"))
-
-    if jobs <= 1:  # in this process
-        for count, cell in enumerate(todo, start=1):
-            finished(cell, _run_cell(cell, log_file(cell), threads), count)
-        return {cell: outcomes[cell] for cell in cells}
-    # A worker killed from outside (the kernel's out-of-memory killer) breaks the whole pool: the cells it had not
-    # finished run again in a fresh pool of one worker (half the memory); a cell that breaks a pool twice fails.
-    context = multiprocessing.get_context("spawn")
-    broken: dict[Cell, int] = {}
-    remaining, count = list(todo), 0
-    while remaining:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = {pool.submit(_run_cell, cell, log_file(cell), threads): cell for cell in remaining}
-            for future, cell in futures.items():
-                try:
-                    outcome = future.result()
-                except BrokenProcessPool as error:
-                    broken[cell] = broken.get(cell, 0) + 1
-                    if broken[cell] < 2:
-                        continue
-                    outcome = {"error": f"its worker was killed twice (out of memory?): {error!r}"[:300]}
-                except Exception as error:  # a crash in native code, an unpicklable result
-                    outcome = {"error": f"worker failed: {error!r}"[:300]}
-                count += 1
-                finished(cell, outcome, count)
-        remaining = [cell for cell in remaining if cell not in outcomes]
-        if remaining:
-            log(f"a worker died (out of memory?): the {len(remaining)} unfinished cells run again, one at a time")
-            jobs, threads = 1, os.cpu_count() or 1
-    return {cell: outcomes[cell] for cell in cells}  # in the order of ``cells``: the order of the table
-
-
-def _is_baseline(label: str) -> bool:
-    """anomalib's Padim and PatchCore rows (tuning included): statistics only, run without gradients."""
-    return "(anomalib)" in label
 
 
 # ----------------------------------------------------------------------------------------------- tuning
@@ -311,10 +146,13 @@ def _curve_with_final(outcome: dict[str, Any], epochs: int) -> list[dict[str, fl
     return [points[e] for e in sorted(points)]
 
 
-def tune(cfg: dict[str, Any], work: Path, jobs: int, log: Callable[[str], None]) -> Tuning:
-    """Run the tuning cells on the validation proxy and choose."""
+def tune(
+    cfg: dict[str, Any], work: Path, jobs: int, log: Callable[[str], None], store: Path | None = None
+) -> tuple[Tuning, dict[Cell, dict[str, Any]]]:
+    """Run (or reuse from ``store``) the tuning cells on the validation proxy and choose; the outcomes too."""
     log("quality: tuning on the validation proxy")
-    return choose(cfg, run_cells(tuning_cells(cfg, work), work, jobs, log))
+    outcomes = run_cells(tuning_cells(cfg, work), work, jobs, log, store)
+    return choose(cfg, outcomes), outcomes
 
 
 # ----------------------------------------------------------------------------------------------- test proxies
@@ -470,17 +308,26 @@ def test_images(cfg: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------------------------- the report
 def run_quality(
-    cfg: dict[str, Any], work: Path, jobs: int, log: Callable[[str], None], models: Iterable[str]
+    cfg: dict[str, Any],
+    work: Path,
+    jobs: int,
+    log: Callable[[str], None],
+    models: Iterable[str],
+    store: Path | None = None,
 ) -> dict[str, Any]:
     """Tune on the validation proxy, then every row of both test proxies at every seed: the section's record."""
-    tuning = tune(cfg, work, jobs, log)
+    tuning, tuned = tune(cfg, work, jobs, log, store)
     models = [name for name in models if name in tuning.schedule]
     cells = [cell for proxy in ("test", "heldout") for cell in test_cells(cfg, proxy, tuning, models, work)]
     log(f"quality: {len(cells)} runs on the test proxies ({len(cfg['seeds'])} seeds each)")
-    outcomes = run_cells(cells, work, jobs, log)
+    outcomes = run_cells(cells, work, jobs, log, store)
     proxies = {proxy: collect(cfg, proxy, tuning, outcomes, work) for proxy in ("test", "heldout")}
+    every = [*tuned.values(), *outcomes.values()]
     return {
         "code": code_state(),
+        "cell_commits": sorted({outcome["code"] for outcome in every}),
+        "result_code": list(RESULT_CODE),
+        "run_minutes": sum(outcome.get("seconds", 0.0) for outcome in every) / 60,
         "seeds": list(cfg["seeds"]),
         "jobs": jobs,
         "tuning": asdict(tuning),
@@ -498,9 +345,10 @@ def render(record: dict[str, Any], cfg: dict[str, Any], command: str, minutes: f
     joined = _proxy_sections(record, cfg)
     return f"""## Proxy quality (unified multi-class, real photos with synthetic defects)
 
-Generated by `{command}` at commit {record["code"]} in {minutes:.1f} minutes ({record["jobs"]} runs at a time, each
-on {max(1, (os.cpu_count() or 1) // max(1, record["jobs"]))} thread(s): the "train s" column is per run); do not
-edit by hand. Every row, per seed, is in `quality.json` beside `quality.md` (`benchmarks/results/`).
+Generated by `{command}` at commit {record["code"]} ({_provenance(record, minutes)}; {record["jobs"]} runs at a
+time, each on {max(1, (os.cpu_count() or 1) // max(1, record["jobs"]))} thread(s): the "train s" column is per run);
+do not edit by hand. Every row, per seed, is in `quality.json` beside `quality.md` (`benchmarks/results/`), every
+run's outcome in `benchmarks/results/quality_cells/`.
 
 Three generated datasets (`make_synthetic_dataset`, {cfg["n_train"]} normal training images per category,
 {cfg["image_size"]} px): a **validation proxy** (the test proxy's categories and defect families, another generator
@@ -538,6 +386,19 @@ plot: the chosen Padim and PatchCore, unified):
 ### Against the previous run (test proxy, means over the seeds)
 {record.get("changes", "not compared")}
 """
+
+
+def _provenance(record: dict[str, Any], minutes: float) -> str:
+    """Which commits the runs ran at and how long they took, when some were reused from the cell store."""
+    commits = record.get("cell_commits", [record["code"]])
+    if commits == [record["code"]] and "run_minutes" not in record:
+        return f"{minutes:.1f} minutes"
+    paths = ", ".join(f"`{path}`" for path in record.get("result_code", []))
+    return (
+        f"runs at commit(s) {', '.join(commits)}, the code that determines a result ({paths}) unchanged from them "
+        f"to {record['code']}; {record.get('run_minutes', minutes):.0f} minutes of run time in all, "
+        f"{minutes:.1f} minutes in this invocation"
+    )
 
 
 def _proxy_sections(record: dict[str, Any], cfg: dict[str, Any]) -> str:
@@ -599,6 +460,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--work", type=Path, default=None, help="kept folder: a run cut short continues from it")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at once")
     parser.add_argument("--models", nargs="*", default=list(OUR_MODELS))
+    parser.add_argument(
+        "--cells", type=Path, default=None,
+        help="the store of every run's outcome, reused while the result-determining code is unchanged "
+        "(default: <output-dir>/quality_cells/<size>)",
+    )  # fmt: skip
     parser.add_argument("--render", action="store_true", help="rewrite quality.md from the saved quality.json")
     args = parser.parse_args(argv)
     cfg = SIZES[args.size]
@@ -617,7 +483,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     with tempfile.TemporaryDirectory() as scratch:
         work = (args.work or Path(scratch)).resolve()
-        record = run_quality(cfg, work, args.jobs, log, args.models)
+        store = args.cells or args.output_dir / "quality_cells" / args.size
+        record = run_quality(cfg, work, args.jobs, log, args.models, store.resolve())
     command = f"python -m benchmarks.quality --size {args.size}"
     if args.models != list(OUR_MODELS):
         command += " --models " + " ".join(args.models)

@@ -592,7 +592,7 @@ def run_section(section: str, size: str, cfg: dict[str, Any], results: Path, job
 
 def core(size: str, cfg: dict[str, Any], results: Path, work: Path) -> Path:
     """This script's own sections: all-in-all, inference and training speed, RLR attention, memory and disk."""
-    from benchmarks.quality import make_proxy
+    from benchmarks.cells import make_proxy
 
     started = time.perf_counter()
 

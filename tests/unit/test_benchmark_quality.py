@@ -2,12 +2,14 @@
 
 import copy
 import json
+import subprocess
 
 import pytest
 
 from benchmarks import quality
+from benchmarks.cells import PROXIES, Cell, make_proxy, run_cells
 from benchmarks.common import SIZES
-from benchmarks.quality import Cell, Tuning, best_point, choose, collect, make_proxy, run_cells, table
+from benchmarks.quality import Tuning, best_point, choose, collect, table
 
 TINY = copy.deepcopy(SIZES["smoke"]) | {
     "categories": ["brick", "coffee"], "heldout_categories": ["tissue", "coins"], "n_train": 2, "n_test_good": 1,
@@ -84,22 +86,61 @@ def test_rows_are_mean_and_std_over_seeds_and_judged_against_patchcore(tmp_path)
     assert "failed: seed 2: MemoryError()" in text
 
 
-def test_saved_cells_are_reused_only_at_the_same_commit(tmp_path, monkeypatch):
+def test_saved_cells_are_reused_only_while_the_result_code_is_unchanged(tmp_path, monkeypatch):
+    from benchmarks import cells
+
+    head = cells.code_state().removesuffix("+dirty")
     cell = Cell("test", "UniAD", 0, "anomalib train", ("--model", "UniAD"))
-    saved = tmp_path / "cells" / cell.key
+    saved = tmp_path / "store" / cell.key
     saved.parent.mkdir(parents=True)
-    saved.write_text(json.dumps({"code": "abc1234", "args": list(cell.args), "results": {}, "seconds": 1.0}))
-    monkeypatch.setattr(quality, "code_state", lambda: "abc1234")
-    assert run_cells([cell], tmp_path, 1, print)[cell]["seconds"] == 1.0
-    monkeypatch.setattr(quality, "code_state", lambda: "abc1234+dirty")
-    monkeypatch.setattr(quality, "_run_cell", lambda *_: {"error": "ran"})
-    assert run_cells([cell], tmp_path, 1, print)[cell]["error"] == "ran"  # uncommitted code: run again
+    record = {"code": head, "args": list(cell.args), "versions": cells.library_versions(), "results": {}, "seconds": 1}
+    saved.write_text(json.dumps(record))
+    monkeypatch.setattr(cells, "_run_cell", lambda *_: {"error": "ran"})
+    reused = cells.result_code_unchanged_since(head)  # False only while the package has uncommitted changes
+    outcome = run_cells([cell], tmp_path, 1, print, tmp_path / "store")[cell]
+    assert outcome.get("seconds") == 1 if reused else outcome["error"] == "ran"
+    for changed in ({"code": head + "+dirty"}, {"versions": {"torch": "0"}}, {"args": ["--model", "RLR"]}):
+        saved.write_text(json.dumps(record | changed))
+        assert run_cells([cell], tmp_path, 1, print, tmp_path / "store")[cell]["error"] == "ran", changed
+
+
+def test_the_result_code_check_sees_edits_new_files_and_unknown_commits(tmp_path, monkeypatch):
+    from benchmarks import cells
+
+    def git(*args: str) -> str:
+        command = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "model.py").write_text("WIDTH = 1\n")
+    (tmp_path / "report.py").write_text("TITLE = 'a'\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    commit = git("rev-parse", "--short", "HEAD")
+    monkeypatch.setattr(cells, "REPOSITORY", tmp_path)
+    monkeypatch.setattr(cells, "RESULT_CODE", ("pkg",))
+
+    def unchanged() -> bool:
+        cells.result_code_unchanged_since.cache_clear()
+        return cells.result_code_unchanged_since(commit)
+
+    assert unchanged()
+    (tmp_path / "report.py").write_text("TITLE = 'b'\n")  # not result code: the cells stand
+    assert unchanged()
+    (tmp_path / "pkg" / "layer.py").write_text("DEPTH = 2\n")  # a new, uncommitted module
+    assert not unchanged()
+    (tmp_path / "pkg" / "layer.py").unlink()
+    (tmp_path / "pkg" / "model.py").write_text("WIDTH = 2\n")
+    assert not unchanged()
+    assert not cells.result_code_unchanged_since("0000000")  # a commit this clone does not know
+    cells.result_code_unchanged_since.cache_clear()
 
 
 def test_the_three_proxies_are_distinct_and_the_test_proxy_is_the_old_one(tmp_path):
     from anomalib_multiclass.data.synthetic import make_synthetic_dataset
 
-    roots = {proxy: make_proxy(proxy, TINY, tmp_path) for proxy in quality.PROXIES}
+    roots = {proxy: make_proxy(proxy, TINY, tmp_path) for proxy in PROXIES}
     sizes = {"n_train": 2, "n_test_good": 1, "n_test_defect": 2, "image_size": 32}
     old = make_synthetic_dataset(tmp_path / "old", categories=TINY["categories"], seed=0, **sizes)
     image = "brick/train/good/000.png"
