@@ -677,9 +677,70 @@ parts are sized by its number of categories).
 """
 
 
+# the code each section's numbers depend on (besides the shared result code): a change marks the section stale
+SECTION_CODE = {
+    "quality": ("benchmarks/quality.py", "benchmarks/stats.py"),
+    "core": ("benchmarks/run.py", "benchmarks/model_stats.py"),
+    "bf16": ("benchmarks/bf16_training.py",),
+    "edge": ("benchmarks/edge.py", "benchmarks/edge_profile.py"),
+    "lgc_claim": ("benchmarks/lgc_claim.py", "benchmarks/stats.py"),
+    "scale": ("benchmarks/scale.py",),
+}
+JSON_OF = {"quality": "quality.json", "core": "core.json", "bf16": "bf16_training.json", "edge": "edge.json",
+           "lgc_claim": "lgc_claim.json", "scale": "scale.json"}  # fmt: skip
+
+
+def fragment_commit(results: Path, section: str) -> str | None:
+    """The commit a section's JSON says its numbers come from (``None`` without a JSON or a commit in it)."""
+    path = results / JSON_OF[section]
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record.get("code") or record.get("commit") or record.get("machine", {}).get("commit")
+
+
+def changed_since(commit: str | None, paths: tuple[str, ...]) -> list[str] | None:
+    """The files of ``paths`` that differ between ``commit`` and the working tree, new untracked ones included
+    (``None`` when the commit is unknown to this clone or was dirty: nothing can be said)."""
+    import subprocess
+
+    if not commit or commit.endswith("dirty") or commit == "unknown":
+        return None
+    repository = Path(__file__).resolve().parent.parent
+    diff = subprocess.run(["git", "diff", "--name-only", commit, "--", *paths], cwd=repository,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if diff.returncode != 0:
+        return None
+    new = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", *paths], cwd=repository,
+                         capture_output=True, text=True, check=False).stdout.split()  # fmt: skip
+    return [*diff.stdout.split(), *new]
+
+
+def provenance(results: Path) -> str:
+    """A table: each section's commit, and whether the code its numbers depend on is the same at this commit
+    (then the section stands for this commit; else it is stale and says which files changed)."""
+    from benchmarks.cells import RESULT_CODE, code_state
+
+    head = f"| section | numbers from commit | code they depend on, unchanged to {code_state()}? |"
+    lines = [head, "|---|---|---|"]
+    for section in SECTIONS:
+        commit = fragment_commit(results, section)
+        changed = changed_since(commit, (*RESULT_CODE, *SECTION_CODE[section]))
+        if changed is None:
+            verdict = "unknown (no JSON with a commit, or a commit this clone lacks): **stale** until regenerated"
+        elif changed:
+            shown = ", ".join(f"`{name}`" for name in changed[:4])
+            shown += f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+            verdict = f"no, **stale**: {len(changed)} file(s) changed ({shown}); `--sections {section}` regenerates it"
+        else:
+            verdict = "yes"
+        lines.append(f"| {section} | {commit or '-'} | {verdict} |")
+    return "\n".join(lines)
+
+
 def assemble(output: Path, results: Path) -> Path:
-    """BENCHMARKS.md: a header, then every section's fragment as its script wrote it (each names its command and
-    commit in its own header)."""
+    """BENCHMARKS.md: a header, the provenance of every section, then every section's fragment as its script wrote
+    it (each names its command and commit in its own header)."""
     parts = []
     for section, name in SECTIONS.items():
         path = results / name
@@ -692,6 +753,13 @@ row), and names in its own header the command and the commit it ran at; this fil
 (`python -m benchmarks.run --render`). `python -m benchmarks.run --size default` regenerates every section at one
 commit; `--sections quality core ...` regenerates some. Do not edit by hand. Machine: {platform.machine()},
 {os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}.
+
+Which commit each section's numbers come from. A section computed at an earlier commit stands for this one only when
+none of the code its numbers depend on changed since (the package, `configs/`, `pyproject.toml`, the shared benchmark
+modules `cells.py`, `proxy.py`, `common.py`, `curves.py`, and the section's own scripts; `git diff` decides, at
+rendering time):
+
+{provenance(results)}
 
 {body}
 """

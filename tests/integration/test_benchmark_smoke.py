@@ -95,6 +95,13 @@ def check_report(output):
     # every row of every table measured: no empty cell, no note saying a measurement failed or was left out
     rows = table_rows(report)
     assert len(rows) > 60, report
+    # provenance: every section names its commit; run from a clean checkout, every one stands for this commit
+    provenance = [list(row.values()) for _, row in rows if "numbers from commit" in row]
+    assert [row[0] for row in provenance] == ["quality", "core", "bf16", "edge", "lgc_claim", "scale"], provenance
+    tracked_changes = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                     text=True, check=True).stdout.strip()  # fmt: skip
+    if not tracked_changes:
+        assert all(row[2] == "yes" for row in provenance), provenance
     for section, row in rows:
         if "model" not in row:
             continue

@@ -69,3 +69,26 @@ def test_the_curves_text_says_which_curve_still_rises():
     rising = [{"epoch": e, "image_AUROC": a} for e, a in ((10, 0.89), (50, 0.91), (60, 0.92))]
     assert _still_rising({"UniAD": flat}).startswith("No curve's image AUROC rises")
     assert _still_rising({"UniAD": flat, "MintAD": rising}).endswith(": MintAD (0.910 → 0.920).")
+
+
+def test_provenance_marks_sections_from_other_code_stale(tmp_path):
+    from benchmarks.cells import RESULT_CODE, code_state
+    from benchmarks.run import SECTION_CODE, changed_since, provenance
+
+    head = code_state().removesuffix("+dirty")
+    # each section's JSON names its commit in its own place
+    records = {"quality.json": {"code": head}, "core.json": {"commit": head},
+               "edge.json": {"machine": {"commit": head}}, "bf16_training.json": {"machine": {"commit": "0000000"}},
+               "scale.json": {"commit": head}}  # fmt: skip
+    for name, record in records.items():
+        (tmp_path / name).write_text(json.dumps(record))
+    table = {line.split(" | ")[0].strip("| "): line for line in provenance(tmp_path).splitlines()[2:]}
+    assert "unknown" in table["bf16"]  # a commit this clone does not know
+    assert "stale" in table["bf16"]
+    assert "unknown" in table["lgc_claim"]  # no JSON at all
+    for section in ("quality", "core", "edge", "scale"):
+        assert f"| {head} |" in table[section]
+        # at HEAD a section is fresh unless its code has uncommitted changes (then it is stale, and says so)
+        fresh = changed_since(head, (*RESULT_CODE, *SECTION_CODE[section])) == []
+        assert table[section].endswith("| yes |") if fresh else "**stale**" in table[section], table[section]
+    assert changed_since(f"{head}+dirty", ("anomalib_multiclass",)) is None
