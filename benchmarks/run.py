@@ -716,16 +716,28 @@ def changed_since(commit: str | None, paths: tuple[str, ...]) -> list[str] | Non
     return [*diff.stdout.split(), *new]
 
 
+def section_status(results: Path, section: str) -> tuple[str | None, list[str] | None]:
+    """A section's commit and the files its numbers depend on that changed since (``None``: cannot be told)."""
+    from benchmarks.cells import RESULT_CODE
+
+    commit = fragment_commit(results, section)
+    return commit, changed_since(commit, (*RESULT_CODE, *SECTION_CODE[section]))
+
+
+def stale_sections(results: Path, sections: list[str]) -> list[str]:
+    """The sections of ``sections`` that do not stand for the working tree's code (see :func:`provenance`)."""
+    return [section for section in sections if section_status(results, section)[1] != []]
+
+
 def provenance(results: Path) -> str:
     """A table: each section's commit, and whether the code its numbers depend on is the same at this commit
     (then the section stands for this commit; else it is stale and says which files changed)."""
-    from benchmarks.cells import RESULT_CODE, code_state
+    from benchmarks.cells import code_state
 
     head = f"| section | numbers from commit | code they depend on, unchanged to {code_state()}? |"
     lines = [head, "|---|---|---|"]
     for section in SECTIONS:
-        commit = fragment_commit(results, section)
-        changed = changed_since(commit, (*RESULT_CODE, *SECTION_CODE[section]))
+        commit, changed = section_status(results, section)
         if changed is None:
             verdict = "unknown (no JSON with a commit, or a commit this clone lacks): **stale** until regenerated"
         elif changed:
@@ -777,10 +789,18 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="quality runs at once")
     parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--render", action="store_true", help="only put the saved fragments together")
+    parser.add_argument(
+        "--stale", action="store_true",
+        help="only the sections whose numbers come from other code than the working tree's (a run spread over "
+        "sessions: the quality section reuses its saved runs)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     results = args.output.resolve().parent / "benchmarks" / "results"
     if args.render:
         return assemble(args.output, results)
+    if args.stale:
+        args.sections = stale_sections(results, args.sections)
+        print(f"stale sections: {' '.join(args.sections) or 'none'}", flush=True)
     cfg = SIZES[args.size]
     torch.set_flush_denormal(True)  # denormal floats in a decoder's tail can slow a CPU step many times over
     from anomalib_multiclass.utils.pretrained import install_efficientnet_lite0_weights
