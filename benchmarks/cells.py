@@ -5,8 +5,9 @@ is saved as JSON with its command, the commit it ran at and the library versions
 ``benchmarks/results/quality_cells/<size>/``, so a run that needs more hours than one session continues in the next).
 A saved outcome is reused only when its command is the same, its library versions are the same, and the code that
 determines a result (:data:`RESULT_CODE`: the package, the proxy commands, the dataset generator, this module) is
-unchanged between its commit and the working tree (``git diff --quiet <commit> -- RESULT_CODE``). Rendering and
-reporting code may change without rerunning hours of training; anything that can change a number cannot.
+unchanged between its commit and the working tree (``git diff --quiet <commit> -- RESULT_CODE``, less
+:data:`NOT_RUN_BY_CELLS`: export code and documentation). Rendering and reporting code may change without rerunning
+hours of training; anything that can change a number cannot.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ RESULT_CODE = (
     "anomalib_multiclass", "configs", "pyproject.toml", "benchmarks/cells.py", "benchmarks/proxy.py",
     "benchmarks/common.py", "benchmarks/curves.py",
 )  # fmt: skip
+# what a cell never runs (``anomalib train`` fits and tests; it does not export, and these modules are imported only
+# by the export methods) and documentation: changing them leaves the saved cells standing
+NOT_RUN_BY_CELLS = (
+    "anomalib_multiclass/deploy", "anomalib_multiclass/models/components/multiclass_export.py",
+    "anomalib_multiclass/**/*.md",
+)  # fmt: skip
+CELL_PATHSPEC = (*RESULT_CODE, *(f":(exclude,glob){path}" for path in NOT_RUN_BY_CELLS))
 
 
 def proxy_categories(proxy: str, cfg: dict[str, Any]) -> list[str]:
@@ -111,9 +119,9 @@ def result_code_unchanged_since(commit: str) -> bool:
     if not commit or commit.endswith("dirty"):
         return False
     try:
-        diff = subprocess.run(["git", "diff", "--quiet", commit, "--", *RESULT_CODE], cwd=REPOSITORY,
+        diff = subprocess.run(["git", "diff", "--quiet", commit, "--", *CELL_PATHSPEC], cwd=REPOSITORY,
                               capture_output=True, check=False)  # fmt: skip
-        new_files = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", *RESULT_CODE],
+        new_files = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", *CELL_PATHSPEC],
                                    cwd=REPOSITORY, capture_output=True, text=True, check=False)  # fmt: skip
     except OSError:
         return False

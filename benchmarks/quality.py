@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cells import (
+    NOT_RUN_BY_CELLS,
     PROXIES,
     RESULT_CODE,
     Cell,
@@ -327,6 +328,7 @@ def run_quality(
         "code": code_state(),
         "cell_commits": sorted({outcome["code"] for outcome in every}),
         "result_code": list(RESULT_CODE),
+        "not_run_by_cells": list(NOT_RUN_BY_CELLS),
         "run_minutes": sum(outcome.get("seconds", 0.0) for outcome in every) / 60,
         "seeds": list(cfg["seeds"]),
         "jobs": jobs,
@@ -394,6 +396,7 @@ def _provenance(record: dict[str, Any], minutes: float) -> str:
     if commits == [record["code"]] and "run_minutes" not in record:
         return f"{minutes:.1f} minutes"
     paths = ", ".join(f"`{path}`" for path in record.get("result_code", []))
+    paths += "; not " + ", ".join(f"`{path}`" for path in record.get("not_run_by_cells", []))
     return (
         f"runs at commit(s) {', '.join(commits)}, the code that determines a result ({paths}) unchanged from them "
         f"to {record['code']}; {record.get('run_minutes', minutes):.0f} minutes of run time in all, "

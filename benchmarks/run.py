@@ -718,10 +718,11 @@ def changed_since(commit: str | None, paths: tuple[str, ...]) -> list[str] | Non
 
 def section_status(results: Path, section: str) -> tuple[str | None, list[str] | None]:
     """A section's commit and the files its numbers depend on that changed since (``None``: cannot be told)."""
-    from benchmarks.cells import RESULT_CODE
+    from benchmarks.cells import CELL_PATHSPEC, RESULT_CODE
 
     commit = fragment_commit(results, section)
-    return commit, changed_since(commit, (*RESULT_CODE, *SECTION_CODE[section]))
+    shared = CELL_PATHSPEC if section == "quality" else RESULT_CODE  # quality's runs do not export
+    return commit, changed_since(commit, (*shared, *SECTION_CODE[section]))
 
 
 def stale_sections(results: Path, sections: list[str]) -> list[str]:
@@ -768,8 +769,8 @@ commit; `--sections quality core ...` regenerates some. Do not edit by hand. Mac
 
 Which commit each section's numbers come from. A section computed at an earlier commit stands for this one only when
 none of the code its numbers depend on changed since (the package, `configs/`, `pyproject.toml`, the shared benchmark
-modules `cells.py`, `proxy.py`, `common.py`, `curves.py`, and the section's own scripts; `git diff` decides, at
-rendering time):
+modules `cells.py`, `proxy.py`, `common.py`, `curves.py`, and the section's own scripts; for the quality section's
+runs, which do not export, not the export code nor documentation; `git diff` decides, at rendering time):
 
 {provenance(results)}
 

@@ -119,7 +119,7 @@ def test_the_result_code_check_sees_edits_new_files_and_unknown_commits(tmp_path
     git("commit", "-qm", "first")
     commit = git("rev-parse", "--short", "HEAD")
     monkeypatch.setattr(cells, "REPOSITORY", tmp_path)
-    monkeypatch.setattr(cells, "RESULT_CODE", ("pkg",))
+    monkeypatch.setattr(cells, "CELL_PATHSPEC", ("pkg", ":(exclude,glob)pkg/deploy", ":(exclude,glob)pkg/**/*.md"))
 
     def unchanged() -> bool:
         cells.result_code_unchanged_since.cache_clear()
@@ -127,6 +127,9 @@ def test_the_result_code_check_sees_edits_new_files_and_unknown_commits(tmp_path
 
     assert unchanged()
     (tmp_path / "report.py").write_text("TITLE = 'b'\n")  # not result code: the cells stand
+    (tmp_path / "pkg" / "deploy").mkdir()
+    (tmp_path / "pkg" / "deploy" / "quantize.py").write_text("BITS = 8\n")  # code no cell runs
+    (tmp_path / "pkg" / "README.md").write_text("docs\n")
     assert unchanged()
     (tmp_path / "pkg" / "layer.py").write_text("DEPTH = 2\n")  # a new, uncommitted module
     assert not unchanged()
