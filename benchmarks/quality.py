@@ -24,6 +24,7 @@ says when a saved cell is reused (never after a change to code that determines a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -441,6 +442,45 @@ def as_run_record(record: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def record_from_fragment(text: str, commit: str, command: str, size: str = "default") -> dict[str, Any]:
+    """A run record (the shape :func:`as_run_record` gives) read back from a quality fragment that had no JSON:
+    the first table's rows (name, setting, every number) and the command listed under it for each row."""
+    rows: list[dict[str, Any]] = []
+    header: list[str] | None = None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            if header is not None and rows:
+                break  # the first table only
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+        elif not set(line) <= set("|-"):
+            values: dict[str, float] = {}
+            for column, cell in zip(header[2:], cells[2:], strict=True):
+                with contextlib.suppress(ValueError):
+                    values[column] = float(cell)
+            if values:
+                rows.append({"name": cells[0], "setting": cells[1], "values": values, "command": ""})
+    commands: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if line.startswith("- ") and ": `" in line and line.rstrip().endswith("`"):
+            label, _, rest = line[2:].partition(": `")
+            commands.append((label, rest.rstrip()[:-1]))
+    return {"command": command, "commit": commit, "size": size, "tables": {"quality": rows},
+            "quality_commands": commands}  # fmt: skip
+
+
+def previous_record(output_dir: Path) -> dict[str, Any] | None:
+    """What this run is compared with: ``quality.json`` of the last run, else the newest record under
+    ``quality_history/`` (read back from an earlier fragment by :func:`record_from_fragment`)."""
+    saved = output_dir / "quality.json"
+    if saved.exists():
+        return as_run_record(json.loads(saved.read_text()))
+    history = sorted((output_dir / "quality_history").glob("*.json"))
+    return json.loads(history[-1].read_text()) if history else None
+
+
 def tuning_table_from_record(saved: dict[str, Any]) -> str:
     """:func:`tuning_table` of a saved tuning."""
     fields = {k: v for k, v in saved.items() if k in Tuning.__dataclass_fields__}
@@ -497,8 +537,7 @@ def main(argv: list[str] | None = None) -> Path:
     tuning = record["tuning"]
     plot_curves(tuning["curves"], tuning["references"], args.output_dir / "validation_curves.png")
     record |= {"command": command, "size": args.size, "minutes": (time.perf_counter() - started) / 60}
-    previous = json.loads(saved.read_text()) if saved.exists() else None
-    record["changes"] = changes(as_run_record(previous) if previous else None, as_run_record(record))
+    record["changes"] = changes(previous_record(args.output_dir), as_run_record(record))
     saved.write_text(json.dumps(record, indent=1))
     return _write(args.output_dir, record, cfg)
 

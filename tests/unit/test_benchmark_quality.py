@@ -169,3 +169,28 @@ def test_what_changed_is_computed_from_the_previous_quality_record():
     line = next(line for line in text.splitlines() if line.startswith("| UniAD"))
     assert "+0.100" in line
     assert "-40 +60" in line
+
+
+def test_the_first_run_is_compared_with_the_fragment_tuned_on_the_test_split(tmp_path):
+    from benchmarks.common import RESULTS
+    from benchmarks.quality import SeededRow, as_run_record, previous_record, rows_record
+    from benchmarks.run import changes
+
+    assert previous_record(tmp_path) is None  # nothing to compare with in an empty folder
+    history = RESULTS / "quality_history" / "quality_1f7edd8.json"
+    (tmp_path / "quality_history").mkdir()
+    (tmp_path / "quality_history" / history.name).write_text(history.read_text())
+    before = previous_record(tmp_path)  # no quality.json yet: the newest history record
+    assert before["commit"] == "1f7edd8"
+    rows = {row["name"] + row["setting"][:8]: row for row in before["tables"]["quality"]}
+    assert rows["UniADunified,"]["values"]["mean I-AUROC"] == 0.923  # the table of commit 1f7edd8, read back
+    assert rows["PatchCore (anomalib)separate"]["values"]["gravel I-AUROC"] == 0.783
+    row = SeededRow("UniAD", "unified, 60 epochs", values={"mean I-AUROC": [0.88, 0.90, 0.92]})
+    row.command = "anomalib train --model UniAD --trainer.max_epochs 60 --seed_everything <seed>"
+    now = {"command": "python -m benchmarks.quality", "code": "bbb2222", "size": "default",
+           "proxies": {"test": rows_record([row])}}  # fmt: skip
+    line = next(line for line in changes(before, as_run_record(now)).splitlines() if line.startswith("| UniAD"))
+    assert "0.923" in line
+    assert "-0.023" in line
+    (tmp_path / "quality.json").write_text(json.dumps(now | {"command": "python -m benchmarks.quality"}))
+    assert previous_record(tmp_path)["commit"] == "bbb2222"  # once a run has its JSON, the next compares with it
