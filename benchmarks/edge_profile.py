@@ -83,6 +83,44 @@ def time_variants(
     return interleaved({n: (lambda r=r: r.infer(inputs)) for n, r in requests.items()}, rounds, per_round)
 
 
+def time_spec(spec: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """Run one timing spec in this process: ``{label: {variant: seconds per call}}`` for every
+    ``(batch, rounds, label)`` of ``spec["runs"]`` over ``spec["variants"]`` (``name -> [model.xml, config]``)."""
+    variants = {name: (path, config) for name, (path, config) in spec["variants"].items()}
+    size = (int(spec["size"][0]), int(spec["size"][1]))
+    return {
+        label: {name: timing.times for name, timing in time_variants(variants, batch, rounds, size).items()}
+        for batch, rounds, label in spec["runs"]
+    }
+
+
+def time_in_fresh_processes(spec: dict[str, Any], processes: int) -> list[dict[str, dict[str, list[float]]]]:
+    """:func:`time_spec` run in ``processes`` fresh Python processes, one after another.
+
+    Interleaving makes the variants of one process comparable; a ratio measured in one process can still differ
+    from the next one's (the same LGC export gave 2.05x in one run and 1.40x in another: OpenVINO picks its
+    kernels and threads when it compiles, under that moment's load). Each process compiles anew, so the spread of
+    the per-process ratios is the run-to-run spread a single figure hides.
+    """
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    outcomes = []
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(spec, handle)
+    for _ in range(processes):
+        result = subprocess.run([sys.executable, "-m", "benchmarks.edge_profile", "--spec", handle.name],
+                                capture_output=True, text=True, check=False)  # fmt: skip
+        if result.returncode != 0:
+            msg = f"a timing process failed (exit {result.returncode}): {result.stderr[-1500:]}"
+            raise RuntimeError(msg)
+        outcomes.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    Path(handle.name).unlink()
+    return outcomes
+
+
 def precision_of(exec_type: str) -> str:
     """The precision a CPU-plugin layer ran in, from its ``exec_type`` (``brgconv_avx512_1x1_I8`` -> ``int8``)."""
     suffix = exec_type.rsplit("_", 1)[-1].lower()
@@ -144,6 +182,15 @@ def counters(path: Path | str, batch: int, config: dict[str, str], size: tuple[i
 def main(argv: list[str] | None = None) -> None:
     """Interleaved timing and counters of any exported models (first: fp32 in f32; the rest: default precision)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    if argv is None:
+        import sys
+
+        argv = sys.argv[1:]
+    if argv[:1] == ["--spec"]:  # one process of :func:`time_in_fresh_processes`: the timings as JSON
+        import json
+
+        print(json.dumps(time_spec(json.loads(Path(argv[1]).read_text()))))
+        return
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--rounds", type=int, default=7)

@@ -545,12 +545,18 @@ SECTIONS: dict[str, str] = {
 }
 
 
+# fresh processes the edge timing runs in (its run-to-run spread); two at smoke size keep CI short
+EDGE_PROCESSES = {"smoke": 2, "default": 3}
+
+
 def section_arguments(section: str, size: str, cfg: dict[str, Any], results: Path, jobs: int) -> list[str]:
     """The command-line arguments of a section's own script, for ``size``, writing into ``results``."""
     if section == "quality":
         return ["--size", size, "--output-dir", str(results), "--jobs", str(jobs)]
     if section == "edge":
-        return ["--size", size, "--epochs", str(cfg["edge_epochs"]), "--output-dir", str(results)]
+        processes = str(EDGE_PROCESSES.get(size, 3))
+        return ["--size", size, "--epochs", str(cfg["edge_epochs"]), "--processes", processes, "--output-dir",
+                str(results)]  # fmt: skip
     if section == "lgc_claim":
         return ["--size", size, "--output-dir", str(results)]
     if section == "bf16":

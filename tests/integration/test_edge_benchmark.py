@@ -30,3 +30,39 @@ def test_edge_report_says_per_model_why_from_saved_results(tmp_path):
         assert "costliest layer type" in line
         assert "Tried: INT8, encoder float, f32 rest" in line
         assert "Previous run: default INT8" in line
+
+
+def test_timing_in_fresh_processes_gives_each_process_ratio_and_the_verdict_their_median(tmp_path):
+    """Two tiny exports timed interleaved in two fresh processes: every process's ratio is kept, the speed-up is
+    their median, and the range reaches the report."""
+    import openvino
+    import torch
+
+    from benchmarks.edge import speedup_range, speedups, time_all
+
+    paths = {}
+    for name, width in (("fp32", 32), ("small", 8)):
+        layers = (torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(width, 1, 1))
+        paths[name] = tmp_path / f"{name}.xml"
+        converted = openvino.convert_model(torch.nn.Sequential(*layers).eval(), input=[-1, 3, 16, 16])
+        openvino.save_model(converted, paths[name])
+    exports = {"fp32": {"path": paths["fp32"]}, "int8": {"path": paths["small"]}}
+    cfg = {"repeats": 2, "speed_batch": 2}
+    from benchmarks import edge
+
+    variants = {"fp32": ("fp32", {"INFERENCE_PRECISION_HINT": "f32"}), "INT8, encoder float": ("int8", {})}
+    original = edge.VARIANTS
+    edge.VARIANTS = variants
+    try:
+        values = time_all(exports, 16, cfg, processes=2)
+    finally:
+        edge.VARIANTS = original
+    int8, fp32 = values["INT8, encoder float"], values["fp32"]
+    assert len(int8["bN × fp32 runs"]) == len(int8["b1 × fp32 runs"]) == 2  # one ratio per process
+    assert len(int8["b1 s"]) == 2 * 2 * 3  # both processes' rounds
+    b1, bn = speedups(int8, fp32)
+    assert min(int8["bN × fp32 runs"]) <= bn <= max(int8["bN × fp32 runs"])
+    assert b1 > 0
+    low, high = speedup_range(int8).split(" / ")[1].split("-")
+    assert float(low) <= float(high)
+    assert speedup_range(fp32).startswith("1.00-1.00")
