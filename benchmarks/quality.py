@@ -28,6 +28,7 @@ import contextlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -487,6 +488,38 @@ def tuning_table_from_record(saved: dict[str, Any]) -> str:
     return tuning_table(Tuning(**fields))
 
 
+def progress(store: Path) -> str:
+    """What the cell store holds so far, run nothing: per test proxy and row, the seeds done, mean ± std of the mean
+    image AUROC, and the Welch t-test against PatchCore unified on the seeds both have (a run cut short, read)."""
+    lines = []
+    for proxy in ("test", "heldout"):
+        rows: dict[str, dict[int, float]] = {}
+        for saved in sorted((store / proxy).glob("*/seed*.json")):
+            record = json.loads(saved.read_text())
+            value = record.get("results", {}).get("mean", {}).get("image_AUROC")
+            if value is not None and "error" not in record:
+                rows.setdefault(saved.parent.name, {})[int(saved.stem.removeprefix("seed"))] = value
+        reference = rows.get(_folder(REFERENCE), {})
+        lines += [f"### {proxy} proxy: mean image AUROC over the seeds done so far", ""]
+        if not rows:
+            lines += ["no runs yet", ""]
+            continue
+        lines += ["| row | seeds | mean ± std | against PatchCore unified (Welch, 95 %) |", "|---|---|---|---|"]
+        for name, by_seed in rows.items():
+            values = [by_seed[seed] for seed in sorted(by_seed)]
+            verdict = ""
+            if name != _folder(REFERENCE) and len(values) >= 2 and len(reference) >= 2:
+                with warnings.catch_warnings():  # scipy warns when the seeds' values are (nearly) equal
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    test = welch_t_test(values, list(reference.values()))
+                beyond = "beyond noise" if test.p_value < test.alpha else "within noise"
+                verdict = f"{test.difference:+.3f}, p = {test.p_value:.2f} ({beyond})"
+            seeds = ",".join(map(str, sorted(by_seed)))
+            lines.append(f"| {name} | {seeds} | {format_mean_std(values)} | {verdict} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> Path:
     """Run the quality section and write ``quality.md`` and ``quality.json``."""
     import argparse
@@ -509,8 +542,12 @@ def main(argv: list[str] | None = None) -> Path:
         "(default: <output-dir>/quality_cells/<size>)",
     )  # fmt: skip
     parser.add_argument("--render", action="store_true", help="rewrite quality.md from the saved quality.json")
+    parser.add_argument("--progress", action="store_true", help="print what the cell store holds so far; run nothing")
     args = parser.parse_args(argv)
     cfg = SIZES[args.size]
+    if args.progress:
+        print(progress(args.cells or args.output_dir / "quality_cells" / args.size))
+        return args.output_dir / "quality.md"
     saved = args.output_dir / "quality.json"
     if args.render:
         data = json.loads(saved.read_text())

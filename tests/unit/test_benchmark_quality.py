@@ -194,3 +194,21 @@ def test_the_first_run_is_compared_with_the_fragment_tuned_on_the_test_split(tmp
     assert "-0.023" in line
     (tmp_path / "quality.json").write_text(json.dumps(now | {"command": "python -m benchmarks.quality"}))
     assert previous_record(tmp_path)["commit"] == "bbb2222"  # once a run has its JSON, the next compares with it
+
+
+def test_progress_reads_the_store_without_running_anything(tmp_path):
+    from benchmarks.quality import progress
+
+    for row, values in {"UniAD": [0.80, 0.82, 0.81], "PatchCore_anomalib_unified": [0.93, 0.94, 0.935]}.items():
+        for seed, value in enumerate(values):
+            saved = tmp_path / "test" / row / f"seed{seed}.json"
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps({"results": {"mean": {"image_AUROC": value}}, "seconds": 1}))
+    (tmp_path / "test" / "RLR").mkdir()
+    (tmp_path / "test" / "RLR" / "seed0.json").write_text(json.dumps({"error": "MemoryError()"}))
+    text = progress(tmp_path)
+    line = next(line for line in text.splitlines() if line.startswith("| UniAD"))
+    assert "| 0,1,2 | 0.810 ± 0.010 |" in line
+    assert "beyond noise" in line  # 0.81 against 0.935, three seeds each
+    assert "| RLR" not in text  # a failed run is not a value
+    assert "no runs yet" in text  # the heldout proxy
