@@ -549,10 +549,15 @@ SECTIONS: dict[str, str] = {
 EDGE_PROCESSES = {"smoke": 2, "default": 3}
 
 
-def section_arguments(section: str, size: str, cfg: dict[str, Any], results: Path, jobs: int) -> list[str]:
+def section_arguments(
+    section: str, size: str, cfg: dict[str, Any], results: Path, jobs: int, work: Path | None = None
+) -> list[str]:
     """The command-line arguments of a section's own script, for ``size``, writing into ``results``."""
     if section == "quality":
-        return ["--size", size, "--output-dir", str(results), "--jobs", str(jobs)]
+        # the kept folder goes on to the quality runs: a saved run is reused only for the same command, and the
+        # command names the proxy folders (a fresh temporary folder would redo every saved run)
+        kept = ["--work", str(work)] if work is not None else []
+        return ["--size", size, "--output-dir", str(results), "--jobs", str(jobs), *kept]
     if section == "edge":
         # smoke: a few epochs; otherwise each model trained to the recipe the quality section chose, since INT8's
         # AUROC change means something only on a trained model (after 2 epochs, at f953370, MINT-AD's fp32 export
@@ -592,7 +597,8 @@ def run_section(section: str, size: str, cfg: dict[str, Any], results: Path, job
             core(size, cfg, results, work)
         else:
             module = {"bf16": "bf16_training"}.get(section, section)
-            importlib.import_module(f"benchmarks.{module}").main(section_arguments(section, size, cfg, results, jobs))
+            arguments = section_arguments(section, size, cfg, results, jobs, work)
+            importlib.import_module(f"benchmarks.{module}").main(arguments)
     except Exception as error:
         traceback.print_exc()
         title = section.replace("_", " ")

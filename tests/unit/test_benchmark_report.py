@@ -95,3 +95,14 @@ def test_provenance_marks_sections_from_other_code_stale(tmp_path):
         assert (section in stale_sections(tmp_path, list(SECTIONS))) is not fresh  # what `--stale` reruns
     assert {"bf16", "lgc_claim"} <= set(stale_sections(tmp_path, list(SECTIONS)))
     assert changed_since(f"{head}+dirty", ("anomalib_multiclass",)) is None
+
+
+def test_the_kept_work_folder_reaches_the_quality_runs(tmp_path):
+    """A saved quality run is reused only for the same command, and the command names the proxy folders: without
+    the kept folder, ``run.py --stale --work DIR`` would redo every saved run in a fresh temporary folder."""
+    from benchmarks.common import SIZES
+    from benchmarks.run import section_arguments
+
+    arguments = section_arguments("quality", "smoke", SIZES["smoke"], tmp_path / "results", 2, tmp_path / "kept")
+    assert arguments[arguments.index("--work") + 1] == str(tmp_path / "kept")
+    assert "--work" not in section_arguments("quality", "smoke", SIZES["smoke"], tmp_path / "results", 2)
