@@ -68,8 +68,14 @@ def all_in_all(cfg: dict[str, Any], work: Path, log: Callable[[str], None]) -> l
 
     The data of :func:`all_in_all_data`; per category, the mean per dataset and the overall mean.
     """
+    import shutil
+
     from anomalib_multiclass.evaluation.per_category import is_summary_row
 
+    # a kept work folder may hold these datasets from a run cut short, their VisA categories already renamed (the
+    # renaming then fails: "Directory not empty"); they are generated anew, from fixed seeds, in a few seconds
+    for folder in ("mix", "mix_mvtec", "mix_visa"):
+        shutil.rmtree(work / folder, ignore_errors=True)
     mixed = all_in_all_data(cfg, work)
     rows = []
     epochs = cfg["schedule"]["LGC"]["epochs"]
