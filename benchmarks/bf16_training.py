@@ -81,6 +81,9 @@ def measure(name: str, cfg: dict[str, Any], data_root: Path, steps: int) -> dict
     for index, batch in enumerate(batches):
         order = list(runs) if index % 2 == 0 else list(reversed(runs))
         for key in order:
+            # the same random draws for both copies on step i (feature jitter, noise, negative pairs): the loss gap
+            # is then the precision's, not two different draws'
+            torch.manual_seed(1000 + index)
             seconds, loss = _step(*runs[key], batch, index, bf16=key == "bf16-mixed")
             times[key].append(seconds)
             losses[key].append(loss)
