@@ -2,6 +2,7 @@
 
 import pytest
 
+from benchmarks.bf16_training import across_processes as cross
 from benchmarks.bf16_training import gains, report, step_statistics
 
 LOSSES = [2.0, 1.5, 1.0]
@@ -48,3 +49,30 @@ def test_the_report_names_each_model_under_its_verdict_and_keeps_failures():
     assert "faster beyond noise with bf16-mixed: UniAD 2.00x" in gains(results)
     assert "slower beyond noise: none" in gains(results)
     assert "load average not recorded" in text
+
+
+def _process(speed_up: float) -> dict:
+    run = {"batch": 8, "steps": 5, "fp32": {"step s": 1.0, "losses": LOSSES}, "bf16-mixed": {"step s": 1 / speed_up}}
+    run["bf16-mixed"]["losses"] = LOSSES
+    fp32 = [1.0, 1.02, 0.98, 1.0]
+    return run | step_statistics(
+        fp32, [t / speed_up * f for t, f in zip(fp32, (1, 1.01, 0.99, 1), strict=True)], LOSSES, LOSSES
+    )
+
+
+def test_the_verdict_is_taken_over_processes_not_over_one_process_steps():
+    # each process alone is a clear gain; the processes disagree (1.05x, 1.40x, 0.95x): within noise overall
+    runs = [_process(1.05), _process(1.40), _process(0.95)]
+    assert all(run["verdict"] != "within noise" for run in runs)
+    combined = cross(runs)
+    assert combined["verdict"] == "within noise"
+    assert combined["per process"] == pytest.approx([1.05, 1.40, 0.95], rel=0.01)
+    assert combined["processes"] == 3
+    steady = cross([_process(1.45), _process(1.40), _process(1.50)])
+    assert steady["verdict"] == "faster beyond noise"
+    assert steady["geometric speed-up"] == pytest.approx(1.45, rel=0.02)
+
+
+def test_one_process_is_not_tested_and_a_failed_process_fails_the_row():
+    assert cross([_process(1.5)])["verdict"] == "not tested (one process)"
+    assert cross([_process(1.5), {"error": "RuntimeError('boom')"}]) == {"error": "RuntimeError('boom')"}
