@@ -482,18 +482,28 @@ def machine_info() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def code_commit() -> str:
-    """The checked-out commit the numbers come from (``unknown`` outside a git checkout)."""
+# what a section's numbers are computed by: uncommitted changes here make the recorded commit "<commit>+dirty"
+NUMBER_CODE = ("anomalib_multiclass", "configs", "pyproject.toml", "benchmarks")
+
+
+def code_commit(repository: Path | None = None, paths: tuple[str, ...] = NUMBER_CODE) -> str:
+    """The checked-out commit the numbers come from, ``<commit>+dirty`` when tracked files of ``paths`` (the
+    package, configs and benchmark code; not the results a run writes) differ from it, ``unknown`` outside a git
+    checkout. The provenance table counts a dirty commit as stale: its code cannot be recovered."""
     import subprocess
 
+    repository = repository or Path(__file__).resolve().parent.parent
     try:
-        result = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
-            check=True,
-        )  # fmt: skip
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repository, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *paths, ":(exclude)benchmarks/results"],
+            cwd=repository, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return result.stdout.strip()
+    return f"{commit}+dirty" if changed else commit
 
 
 def _load_text(machine: dict[str, Any]) -> str:

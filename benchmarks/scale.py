@@ -171,13 +171,23 @@ def _gathered_tree(work: Path) -> Path:
     return tree
 
 
+def _run_text(payload: dict) -> str:
+    """How long the run took and the 1-minute load average around it (what else ran), where recorded."""
+    if "load average at start" not in payload:
+        return "duration and load not recorded by this run"
+    return (
+        f"{payload['minutes']:.1f} minutes; 1-minute load average {payload['load average at start']:.2f} when it "
+        f"started, {payload['load average at end']:.2f} when it ended"
+    )
+
+
 def render(payload: dict) -> str:
     """The markdown section (and the plot beside it) from the measurements."""
     rows = payload["rows"]
     lines = [
         "## Evaluation at scale: memory and speed of the per-category table",
         "",
-        f"`python -m benchmarks.scale` at commit {payload['commit']} ({payload['machine']}; shared, loaded machine). "
+        f"`python -m benchmarks.scale` at commit {payload['commit']} ({payload['machine']}; {_run_text(payload)}). "
         f"Generated test sets of {SIZE} x {SIZE} anomaly maps and masks, {CATEGORIES} categories on unrelated raw "
         "scales, all 7 metrics (image AUROC/AP/F1-max, pixel AUROC/AP/F1-max, AUPRO), each run in a fresh process; "
         "seconds inside `update` and `compute` only. `streamed`: this package's evaluator; `gathered`: the same "
@@ -263,8 +273,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.render:
         payload = json.loads(json_path.read_text())
     else:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPOSITORY)
-        payload = {"commit": commit.stdout.strip(), "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}"}
+        from benchmarks.edge import code_commit
+
+        started = time.perf_counter()
+        payload = {
+            "commit": code_commit(), "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}",
+            "load average at start": os.getloadavg()[0],
+        }  # fmt: skip
         rows = []
         with tempfile.TemporaryDirectory() as work:
             gathered = _gathered_tree(Path(work)) if "gathered" in args.evaluators else None
@@ -283,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
             rows = [r for r in previous["rows"] if (r["evaluator"], r["images"]) not in new] + rows
             rows.sort(key=lambda r: (r["images"], list(LIMITS).index(r["evaluator"])))
         payload["rows"] = rows
+        payload["minutes"] = (time.perf_counter() - started) / 60
+        payload["load average at end"] = os.getloadavg()[0]
         json_path.write_text(json.dumps(payload, indent=2))
     (args.output / "scale.md").write_text(render(payload))
     plot(payload, args.output / "scale.png")

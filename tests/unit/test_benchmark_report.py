@@ -106,3 +106,29 @@ def test_the_kept_work_folder_reaches_the_quality_runs(tmp_path):
     arguments = section_arguments("quality", "smoke", SIZES["smoke"], tmp_path / "results", 2, tmp_path / "kept")
     assert arguments[arguments.index("--work") + 1] == str(tmp_path / "kept")
     assert "--work" not in section_arguments("quality", "smoke", SIZES["smoke"], tmp_path / "results", 2)
+
+
+def test_a_section_run_from_uncommitted_code_records_a_dirty_commit(tmp_path):
+    import subprocess
+
+    from benchmarks.edge import code_commit
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    for path in ("anomalib_multiclass/model.py", "benchmarks/edge.py", "benchmarks/results/edge.json"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("0\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    head = git("rev-parse", "--short", "HEAD").strip()
+    assert code_commit(tmp_path) == head
+    (tmp_path / "benchmarks/results/edge.json").write_text("1\n")  # what a run writes: still the commit
+    assert code_commit(tmp_path) == head
+    (tmp_path / "anomalib_multiclass/model.py").write_text("1\n")  # the code the numbers come from
+    assert code_commit(tmp_path) == f"{head}+dirty"
+    git("checkout", "--", "anomalib_multiclass")
+    (tmp_path / "benchmarks/edge.py").write_text("1\n")
+    assert code_commit(tmp_path) == f"{head}+dirty"
+    assert code_commit(tmp_path / "nowhere") == "unknown"
