@@ -707,6 +707,8 @@ SECTION_CODE = {
     "lgc_claim": ("benchmarks/lgc_claim.py", "benchmarks/stats.py"),
     "scale": ("benchmarks/scale.py",),
 }
+# the sections whose runs never export a model: the export code (and documentation) cannot change their numbers
+NOT_EXPORTING = ("quality", "bf16", "lgc_claim", "scale")
 JSON_OF = {"quality": "quality.json", "core": "core.json", "bf16": "bf16_training.json", "edge": "edge.json",
            "lgc_claim": "lgc_claim.json", "scale": "scale.json"}  # fmt: skip
 
@@ -742,7 +744,7 @@ def section_status(results: Path, section: str) -> tuple[str | None, list[str] |
     from benchmarks.cells import CELL_PATHSPEC, RESULT_CODE
 
     commit = fragment_commit(results, section)
-    shared = CELL_PATHSPEC if section == "quality" else RESULT_CODE  # quality's runs do not export
+    shared = CELL_PATHSPEC if section in NOT_EXPORTING else RESULT_CODE
     return commit, changed_since(commit, (*shared, *SECTION_CODE[section]))
 
 
@@ -790,8 +792,9 @@ commit; `--sections quality core ...` regenerates some. Do not edit by hand. Mac
 
 Which commit each section's numbers come from. A section computed at an earlier commit stands for this one only when
 none of the code its numbers depend on changed since (the package, `configs/`, `pyproject.toml`, the shared benchmark
-modules `cells.py`, `proxy.py`, `common.py`, `curves.py`, and the section's own scripts; for the quality section's
-runs, which do not export, not the export code nor documentation; `git diff` decides, at rendering time):
+modules `cells.py`, `proxy.py`, `common.py`, `curves.py`, and the section's own scripts; for the sections whose runs
+never export, {", ".join(NOT_EXPORTING)}, not the export code nor documentation; `git diff` decides, at rendering
+time):
 
 {provenance(results)}
 

@@ -103,6 +103,11 @@ def test_openvino_parity_and_inferencer(trained_module, images, reference, openv
     outputs = {port.get_any_name(): value for port, value in result.items()}
     np.testing.assert_allclose(outputs["anomaly_map"], reference.anomaly_map.numpy(), atol=1e-4)
     np.testing.assert_allclose(outputs["pred_score"], reference.pred_score.numpy(), atol=1e-4)
+    # torch writes a NaN guard after every masked softmax; where the mask leaves every query a key it never fires,
+    # and the export removes it (deploy/graph.py): none is left, dead or kept
+    from anomalib_multiclass.deploy.graph import dead_softmax_guards
+
+    assert dead_softmax_guards(openvino.Core().read_model(str(path))) == ([], [])
 
     metadata = read_metadata(path)
     assert metadata["category_names"] == ["brick", "coffee", "grass"]

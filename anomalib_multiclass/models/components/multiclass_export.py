@@ -71,11 +71,13 @@ class MultiClassExportMixin(ModuleBase):
         stay in the graph as named tensors but not as outputs; the metadata lists them (``hidden_outputs``) and
         ``MultiClassOpenVINOInferencer`` reads them.
         """
+        from anomalib_multiclass.deploy.graph import simplify_ir
         from anomalib_multiclass.deploy.inferencer import hide_extra_outputs
 
         root = args[0] if args else kwargs.get("export_root")
         refuse_existing_export(root, "openvino", (".xml", ".bin"), args, kwargs)
         path = super().to_openvino(*args, **kwargs)
+        simplify_ir(path)  # dead softmax NaN guards (an INT8 export lost them before calibration)
         self._write_export_metadata(path, hidden_outputs=hide_extra_outputs(path))
         return path
 
@@ -95,10 +97,14 @@ class MultiClassExportMixin(ModuleBase):
     ) -> Any:
         """INT8 compression calibrated on images of every category (``anomalib_multiclass.deploy.quantize``).
 
-        The frozen encoder stays in floating point unless ``int8_quantize_encoder`` is set.
+        The frozen encoder stays in floating point unless ``int8_quantize_encoder`` is set. Dead softmax NaN guards
+        (``deploy/graph.py``) are removed first.
         """
         del task
         from anomalib_multiclass.deploy.compress import compress_openvino_model
+        from anomalib_multiclass.deploy.graph import drop_dead_softmax_guards
+
+        drop_dead_softmax_guards(model)  # before NNCF: it places its quantizers on the simplified graph
 
         parameters = self.named_parameters()
         frozen = None if self.int8_quantize_encoder else [name for name, p in parameters if not p.requires_grad]
