@@ -99,7 +99,6 @@ def measure(name: str, cfg: dict[str, Any], data_root: Path, steps: int) -> dict
     for key in runs:
         steady = times[key][1:]  # the first step allocates and warms up
         result[key] = {"step s": statistics.median(steady), "step s all": times[key], "losses": losses[key]}
-    result["speed-up"] = result["fp32"]["step s"] / result["bf16-mixed"]["step s"]
     return result | step_statistics(times["fp32"][1:], times["bf16-mixed"][1:], losses["fp32"], losses["bf16-mixed"])
 
 
