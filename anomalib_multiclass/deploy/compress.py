@@ -24,11 +24,12 @@ def compress_openvino_model(
     max_drop: float = 0.01,
     images_per_category: int | None = None,
     frozen_parameters: Iterable[str] | None = None,
+    float_encoder: str = "all",
 ) -> ov.Model:
     """What ``to_openvino`` runs for ``INT8`` (weights only), ``INT8_PTQ`` and ``INT8_ACQ``.
 
     ``frozen_parameters`` (INT8_PTQ, INT8_ACQ): the frozen encoder whose parameters these are stays in floating
-    point; ``None`` quantizes it too.
+    point, all of it or its stem (``float_encoder``: ``"all"``, ``"stem"``); ``None`` quantizes it too.
     """
     compression_type = CompressionType(compression_type) if compression_type is not None else None
     if compression_type in {None, CompressionType.FP16}:
@@ -38,10 +39,18 @@ def compress_openvino_model(
     if compression_type == CompressionType.INT8:
         return require_nncf().compress_weights(model)
     if compression_type == CompressionType.INT8_PTQ:
-        return quantize_ptq(model, datamodule, images_per_category, frozen_parameters=frozen_parameters)
+        return quantize_ptq(
+            model, datamodule, images_per_category, frozen_parameters=frozen_parameters, float_encoder=float_encoder
+        )
     if compression_type == CompressionType.INT8_ACQ:
         return quantize_acq(
-            model, datamodule, metric, max_drop, images_per_category, frozen_parameters=frozen_parameters
+            model,
+            datamodule,
+            metric,
+            max_drop,
+            images_per_category,
+            frozen_parameters=frozen_parameters,
+            float_encoder=float_encoder,
         )
     msg = f"Unknown compression type {compression_type!r}: use one of {[c.name for c in CompressionType]}."
     raise ValueError(msg)

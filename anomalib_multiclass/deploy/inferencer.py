@@ -14,10 +14,8 @@ scores, labels and maps PyTorch gives for images of that category.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from tempfile import TemporaryDirectory
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,27 +27,25 @@ from anomalib_multiclass.data.dataclasses import RAW_OUTPUTS, MultiClassImageBat
 from anomalib_multiclass.data.image import as_rgb_array, read_rgb, to_rgb_array
 from anomalib_multiclass.post_processing import ClassAwarePostProcessor
 
+if TYPE_CHECKING:
+    import openvino as ov
+
 logger = logging.getLogger(__name__)
 
 
-def hide_extra_outputs(model_path: str | Path) -> list[str]:
-    """Turn the outputs of an OpenVINO IR that anomalib's ``InferenceBatch`` lacks into internal named tensors.
+def hide_extra_outputs(model: ov.Model) -> list[str]:
+    """Turn the outputs of an exported model that anomalib's ``InferenceBatch`` lacks into internal named tensors.
 
     anomalib's ``OpenVINOInferencer`` passes every output to ``NumpyImageBatch(...)`` by name, which refuses unknown
     fields (``pred_class``). An output the graph itself uses (MINT-AD's class selects the per-class threshold)
     keeps its node and tensor name, so ``model.add_outputs(name)`` brings it back; one that nothing uses is
-    dropped with a log line. The IR is rewritten in place. Returns the hidden names.
+    dropped with a log line. Changes ``model`` in place; returns the hidden names.
     """
-    import openvino as ov
-
-    model_path = Path(model_path)
-    model = ov.Core().read_model(model_path)
-    extra = [r for r in model.get_results() if not set(r.output(0).get_names()) & set(InferenceBatch._fields)]
-    if not extra:
-        return []
     hidden: list[str] = []
-    for result in extra:
+    for result in model.get_results():
         names = sorted(result.output(0).get_names())
+        if set(names) & set(InferenceBatch._fields):
+            continue
         used = any(target.get_node() != result for target in result.input_value(0).get_target_inputs())
         model.remove_result(result)
         if used:
@@ -60,12 +56,6 @@ def hide_extra_outputs(model_path: str | Path) -> list[str]:
                 "OpenVINOInferencer cannot read extra outputs).",
                 names,
             )
-    with TemporaryDirectory(dir=model_path.parent) as tmp:
-        rewritten = Path(tmp) / model_path.name
-        ov.save_model(model, rewritten, compress_to_fp16=False)
-        del model
-        for suffix in (".xml", ".bin"):
-            os.replace(rewritten.with_suffix(suffix), model_path.with_suffix(suffix))
     return hidden
 
 
