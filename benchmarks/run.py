@@ -206,10 +206,17 @@ def _exported(model: Any, name: str, size: int, batch: int, work: Path) -> tuple
     anomalib alone), each batch size gets its own static graph, ``dynamic_shapes=({0: batch},)``, and the note
     says so.
     """
+    import shutil
+
     import onnxruntime
     import openvino
 
     folder = name.split()[0]
+    # a kept work folder holds the exports of the previous run, and our exports refuse to replace an earlier one
+    # (at 76b3757 every model's row of this table failed on that): they are scratch, made anew here
+    for stale in [*work.glob(f"onnx_{folder}"), *work.glob(f"ov_{folder}"), *work.glob(f"onnx_{folder}_b*"),
+                  *work.glob(f"ov_{folder}_b*")]:  # fmt: skip
+        shutil.rmtree(stale, ignore_errors=True)
     path = model.to_onnx(export_root=work / f"onnx_{folder}", input_size=(size, size))
     session = onnxruntime.InferenceSession(str(path))
     exported_batch = session.get_inputs()[0].shape[0]
