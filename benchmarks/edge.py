@@ -44,17 +44,17 @@ from benchmarks.proxy import our_model, proxy_input
 
 RESULTS = Path(__file__).parent / "results"
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
-# exports: name -> (anomalib compression type, the part of the frozen encoder kept in float: int8_float_encoder)
-EXPORTS: dict[str, tuple[str | None, str]] = {
-    "fp32": (None, "all"),
-    "INT8, encoder stem float": ("int8_ptq", "stem"),
-    "INT8, encoder first convolution float": ("int8_ptq", "stem"),  # with STEM_CONVOLUTIONS = 1
-    "INT8, encoder float": ("int8_ptq", "all"),
-    "INT8, encoder INT8": ("int8_ptq", "none"),
+# exports: name -> (anomalib compression type, the part of the frozen encoder kept in float: int8_float_encoder,
+# the convolutions of its stem: int8_stem_convolutions, None for the package's deploy.quantize.STEM_CONVOLUTIONS)
+EXPORTS: dict[str, tuple[str | None, str, int | None]] = {
+    "fp32": (None, "all", None),
+    "INT8, encoder stem float": ("int8_ptq", "stem", None),
+    "INT8, encoder first convolution float": ("int8_ptq", "stem", 1),
+    "INT8, encoder float": ("int8_ptq", "all", None),
+    "INT8, encoder INT8": ("int8_ptq", "none", None),
 }
-EXPORT_OF_PART = {"stem": "INT8, encoder stem float", "all": "INT8, encoder float", "none": "INT8, encoder INT8"}
-# exports whose stem is not the package's (deploy.quantize.STEM_CONVOLUTIONS): name -> convolutions kept in float
-STEM_CONVOLUTIONS = {"INT8, encoder first convolution float": 1}
+# the INT8 export of each int8_float_encoder setting with the package's stem: what a user of that setting gets
+EXPORT_OF_PART = {part: name for name, (kind, part, stem) in EXPORTS.items() if kind and stem is None}
 # rows: name -> (export, OpenVINO CPU configuration); {} is the CPU plugin's default precision (bf16 here)
 VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "fp32": ("fp32", F32),
@@ -134,19 +134,17 @@ def export_variant(model: Any, name: str, export: str, cfg: dict[str, Any], data
     """One export of the trained model (fp32 or INT8_PTQ calibrated on every training image of every category)."""
     import openvino
 
-    from anomalib_multiclass.deploy import quantize
     from anomalib_multiclass.deploy.quantize import COMPUTE_OPS, float_compute_operations
 
-    compression, float_encoder = EXPORTS[export]
+    compression, float_encoder, stem_convolutions = EXPORTS[export]
     size = proxy_input(name, cfg)
     calibration = None
     if compression == "int8_ptq":
         calibration = proxy_datamodule(data_root)
         calibration.calibration_images_per_category = cfg["n_train"]  # every training image
     start = time.perf_counter()
-    previous, model.int8_float_encoder = model.int8_float_encoder, float_encoder
-    previous_stem = quantize.STEM_CONVOLUTIONS
-    quantize.STEM_CONVOLUTIONS = STEM_CONVOLUTIONS.get(export, previous_stem)
+    previous = model.int8_float_encoder, model.int8_stem_convolutions
+    model.int8_float_encoder, model.int8_stem_convolutions = float_encoder, stem_convolutions
     try:
         with raw_outputs(model):
             path = model.to_openvino(
@@ -154,8 +152,7 @@ def export_variant(model: Any, name: str, export: str, cfg: dict[str, Any], data
                 compression_type=compression, datamodule=calibration,
             )  # fmt: skip
     finally:
-        model.int8_float_encoder = previous
-        quantize.STEM_CONVOLUTIONS = previous_stem
+        model.int8_float_encoder, model.int8_stem_convolutions = previous
     graph = openvino.Core().read_model(str(path))
     return {
         "path": str(path),
@@ -249,8 +246,8 @@ def measure_model(
     result: dict[str, Any] = {
         "epochs": epochs, "input px": size, "exports": {}, "variants": {},
         "default float encoder": type(model).int8_float_encoder,
-        "stem convolutions": {e: STEM_CONVOLUTIONS.get(e, quantize.STEM_CONVOLUTIONS) for e, (_, part) in
-                              EXPORTS.items() if part == "stem"},
+        "stem convolutions": {e: stem or quantize.STEM_CONVOLUTIONS for e, (_, part, stem) in EXPORTS.items()
+                              if part == "stem"},
         "default float precision": type(model).int8_float_precision,
     }  # fmt: skip
     for export in EXPORTS:
@@ -439,6 +436,24 @@ def _where(info: dict) -> str:
     return text
 
 
+def _ceiling(int8: dict, fp32: dict) -> str:
+    """What INT8 leaves untouched, from the counters: the float layers' time, the non-compute layers' share, and the
+    speed-up the layers' time would allow if every INT8 layer cost nothing (fp32 layers' ms / float layers' ms)."""
+    floating = sum(ms for p, ms in int8["ms_by_precision"].items() if p != "int8")
+    text = (
+        f"Of its INT8 layers' {int8['ms']:.0f} ms, {floating:.0f} ms run in floating point: with every INT8 layer free "
+        f"the layers' time would allow at most {fp32['ms'] / floating:.2f}x fp32's {fp32['ms']:.0f} ms."
+    )
+    if "compute_ms" in int8:
+        rest = 1 - int8["compute_ms"] / int8["ms"]
+        text += (
+            f" Convolutions and matrix products take {1 - rest:.0%} of it, the other layers (fused elementwise and "
+            f"attention subgraphs, normalisation, transposes, reorders) {rest:.0%}"
+        )
+        text += f" (fp32: {1 - fp32['compute_ms'] / fp32['ms']:.0%})." if "compute_ms" in fp32 else "."
+    return text
+
+
 def why(results: dict[str, dict], previous: dict[str, dict] | None = None) -> str:
     """Per model: whether the default INT8 export meets the goal and, measured, why not (issue 27).
 
@@ -466,6 +481,8 @@ def why(results: dict[str, dict], previous: dict[str, dict] | None = None) -> st
             text += f" INT8 batch-N time: {_where(default['counters'])}."
         if "counters" in fp32:
             text += f" fp32: {_where(fp32['counters'])}."
+        if misses and "counters" in default and "counters" in fp32:
+            text += " " + _ceiling(default["counters"], fp32["counters"])
         tried = [
             f"{variant}: {_speed_phrase(values, fp32)}"
             + (" (meets the goal)" if not _misses(values, fp32) else f" (misses {', '.join(_misses(values, fp32))})")
@@ -632,8 +649,8 @@ Each model is trained unified on the proxy data (categories {cfg["categories"]},
 images each; `model_arguments` in `benchmarks/proxy.py`; {", ".join(map(str, sorted(epochs)))} epochs; input size
 in the JSON; LGC on EfficientNet-Lite0 stages 1-3 with the mirrored RD decoder), then exported by `to_openvino`:
 fp32, and INT8_PTQ (calibrated on all {cfg["n_train"]} training images of every category by
-`anomalib_multiclass.deploy.quantize`) with the frozen encoder's stem (its first convolution, the default), all of
-the encoder, or none of it left in floating point. Rows:
+`anomalib_multiclass.deploy.quantize`) with the frozen encoder's stem (its first two convolutions, the default; or
+only its first), all of the encoder, or none of it left in floating point. Rows:
 `fp32` runs with `INFERENCE_PRECISION_HINT=f32`; `bf16` is the same fp32 graph at the CPU plugin's default
 precision (`{precision}` here: what an FP16 export also runs in); INT8 rows run at the default precision (the layers
 left in floating point run in `{precision}`), "f32 rest" rows with `INFERENCE_PRECISION_HINT=f32` (the same INT8

@@ -25,6 +25,9 @@ import numpy as np
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 LATENCY = {"PERFORMANCE_HINT": "LATENCY"}
 PRECISIONS = ("int8", "bf16", "f16", "f32", "other")
+# the CPU plugin's layer types that are convolutions or matrix products: what INT8 makes faster (a fused "Subgraph"
+# holds elementwise chains, and in attention also its matrix products: it counts as the rest)
+COMPUTE_LAYERS = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul"})
 
 
 @dataclass
@@ -132,9 +135,10 @@ def precision_of(exec_type: str) -> str:
 def counters(path: Path | str, batch: int, config: dict[str, str], size: tuple[int, int], runs: int = 3) -> dict:
     """Per-layer time of one variant (median over ``runs`` inferences), grouped by precision and by layer type.
 
-    Returns ``ms`` (the layers' total), ``ms_by_precision``, ``reorder_ms`` (layout/precision conversions the
-    plugin inserted), ``layers_by_precision`` (how many layers ran in each), ``top`` (the costliest layer
-    types with their ``exec_type``) and ``top_nodes`` (the three costliest single layers, by name).
+    Returns ``ms`` (the layers' total), ``ms_by_precision``, ``compute_ms`` (convolutions and matrix products,
+    :data:`COMPUTE_LAYERS`), ``reorder_ms`` (layout/precision conversions the plugin inserted),
+    ``layers_by_precision`` (how many layers ran in each), ``top`` (the costliest layer types with their
+    ``exec_type``) and ``top_nodes`` (the three costliest single layers, by name).
     """
     request = compile_static(path, batch, config, perf_count=True).create_infer_request()
     inputs = np.random.default_rng(0).random((batch, 3, *size), dtype=np.float32)
@@ -150,7 +154,7 @@ def counters(path: Path | str, batch: int, config: dict[str, str], size: tuple[i
     by_precision: Counter[str] = Counter()
     layers: Counter[str] = Counter()
     by_type: Counter[tuple[str, str]] = Counter()
-    reorder = 0.0
+    reorder = compute = 0.0
     for (_, node_type, exec_type), times in per_layer.items():
         ms = statistics.median(times)
         precision = precision_of(exec_type)
@@ -159,6 +163,8 @@ def counters(path: Path | str, batch: int, config: dict[str, str], size: tuple[i
         by_type[(node_type, exec_type)] += ms
         if node_type in {"Reorder", "Convert"}:
             reorder += ms
+        if node_type in COMPUTE_LAYERS:
+            compute += ms
     total = sum(by_precision.values())
     top = [
         {"layer": t, "exec_type": e, "ms": round(ms, 3), "share": round(ms / total, 3)}
@@ -173,6 +179,7 @@ def counters(path: Path | str, batch: int, config: dict[str, str], size: tuple[i
         "ms": total,
         "ms_by_precision": {p: by_precision[p] for p in PRECISIONS if by_precision[p]},
         "layers_by_precision": {p: layers[p] for p in PRECISIONS if layers[p]},
+        "compute_ms": compute,
         "reorder_ms": reorder,
         "top": top,
         "top_nodes": top_nodes,

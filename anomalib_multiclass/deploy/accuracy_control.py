@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from anomalib_multiclass.deploy.quantize import (
+    STEM_CONVOLUTIONS,
     _as_input,
     _dataset_categories,
     _model_input_size,
@@ -116,7 +117,8 @@ def quantize_acq(
     images_per_category: int | None = None,
     ignored_scope: Any = None,
     frozen_parameters: Iterable[str] | None = None,
-    float_encoder: str = "all",
+    float_encoder: str = "stem",
+    stem_convolutions: int = STEM_CONVOLUTIONS,
     **nncf_kwargs: Any,
 ) -> ov.Model:
     """INT8 quantization with accuracy control, judged per category.
@@ -132,7 +134,7 @@ def quantize_acq(
     size = _model_input_size(model)
     inputs = calibration_images(datamodule, images_per_category, size)
     validation = _validation_items(datamodule, size)
-    settings = quantization_settings(model, ignored_scope, frozen_parameters, float_encoder)
+    settings = quantization_settings(model, ignored_scope, frozen_parameters, float_encoder, stem_convolutions)
     settings["advanced_quantization_parameters"] = settings.pop("advanced_parameters")
     settings |= nncf_kwargs
     logger.info("INT8_ACQ: calibrating on %d images, validating on %d.", len(inputs), len(validation))

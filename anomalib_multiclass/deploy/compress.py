@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from anomalib.deploy.export import CompressionType
 
 from anomalib_multiclass.deploy.accuracy_control import quantize_acq
-from anomalib_multiclass.deploy.quantize import quantize_ptq, require_nncf
+from anomalib_multiclass.deploy.quantize import STEM_CONVOLUTIONS, quantize_ptq, require_nncf
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -24,12 +24,13 @@ def compress_openvino_model(
     max_drop: float = 0.01,
     images_per_category: int | None = None,
     frozen_parameters: Iterable[str] | None = None,
-    float_encoder: str = "all",
+    float_encoder: str = "stem",
+    stem_convolutions: int = STEM_CONVOLUTIONS,
 ) -> ov.Model:
     """What ``to_openvino`` runs for ``INT8`` (weights only), ``INT8_PTQ`` and ``INT8_ACQ``.
 
-    ``frozen_parameters`` (INT8_PTQ, INT8_ACQ): the frozen encoder whose parameters these are stays in floating
-    point, all of it or its stem (``float_encoder``: ``"all"``, ``"stem"``); ``None`` quantizes it too.
+    ``frozen_parameters`` (INT8_PTQ, INT8_ACQ) locate the frozen encoder; ``float_encoder`` says which part of it
+    stays in floating point: ``"stem"`` (its first ``stem_convolutions`` convolutions), ``"all"`` or ``"none"``.
     """
     compression_type = CompressionType(compression_type) if compression_type is not None else None
     if compression_type in {None, CompressionType.FP16}:
@@ -40,7 +41,12 @@ def compress_openvino_model(
         return require_nncf().compress_weights(model)
     if compression_type == CompressionType.INT8_PTQ:
         return quantize_ptq(
-            model, datamodule, images_per_category, frozen_parameters=frozen_parameters, float_encoder=float_encoder
+            model,
+            datamodule,
+            images_per_category,
+            frozen_parameters=frozen_parameters,
+            float_encoder=float_encoder,
+            stem_convolutions=stem_convolutions,
         )
     if compression_type == CompressionType.INT8_ACQ:
         return quantize_acq(
@@ -51,6 +57,7 @@ def compress_openvino_model(
             images_per_category,
             frozen_parameters=frozen_parameters,
             float_encoder=float_encoder,
+            stem_convolutions=stem_convolutions,
         )
     msg = f"Unknown compression type {compression_type!r}: use one of {[c.name for c in CompressionType]}."
     raise ValueError(msg)

@@ -202,16 +202,17 @@ STEM_CONVOLUTIONS = 2
 
 
 def encoder_stem_operations(
-    model: ov.Model, frozen_parameters: Iterable[str], convolutions: int | None = None
+    model: ov.Model, frozen_parameters: Iterable[str], convolutions: int = STEM_CONVOLUTIONS
 ) -> list[str]:
     """Names of the frozen encoder's stem: its first ``convolutions`` convolutions and all before the next one.
 
     That is the input normalisation, the convolutions on (and next to) the image, and their normalisation and
     activation. Of the encoder's layers these are the ones whose INT8 costs accuracy; the rest of the encoder goes
-    INT8 at no measured cost and at most of the speed of a fully INT8 encoder. ``convolutions`` defaults to
-    :data:`STEM_CONVOLUTIONS` (read when called: ``benchmarks/edge.py`` measures one against two).
+    INT8 at no measured cost and at most of the speed of a fully INT8 encoder.
     """
-    convolutions = STEM_CONVOLUTIONS if convolutions is None else convolutions
+    if convolutions < 1:
+        msg = f"stem_convolutions must be at least 1, got {convolutions} (float_encoder='none' quantizes the stem)."
+        raise ValueError(msg)
     encoder = set(frozen_encoder_operations(model, frozen_parameters))
     stem: list[str] = []
     seen = 0
@@ -245,14 +246,16 @@ def float_compute_operations(model: ov.Model) -> list[str]:
     return names
 
 
-FLOAT_ENCODER_PARTS = ("all", "stem")
+# the parts of the frozen encoder an INT8 export can keep in floating point: its stem (the default), all of it, none
+FLOAT_ENCODER_PARTS = ("stem", "all", "none")
 
 
 def quantization_settings(
     model: ov.Model,
     ignored_scope: Any = None,
     frozen_parameters: Iterable[str] | None = None,
-    float_encoder: str = "all",
+    float_encoder: str = "stem",
+    stem_convolutions: int = STEM_CONVOLUTIONS,
 ) -> dict[str, Any]:
     """The ``nncf.quantize`` arguments used for every model of the package, and why.
 
@@ -260,11 +263,12 @@ def quantization_settings(
       attention in UniAD, MINT-AD, RLR and Omni-AD, LGC's instance-normalised projector): those operations and the
       attention products of two activations stay in floating point, activations are quantized asymmetrically;
     - the anomaly-map operations (:func:`anomaly_map_operations`) stay in floating point, plus ``ignored_scope``;
-    - with ``frozen_parameters``, the frozen encoder stays in floating point: all of it
-      (:func:`frozen_encoder_operations`, ``float_encoder="all"``), or its stem only (:func:`encoder_stem_operations`,
-      ``"stem"``). Its features are what the learned part reconstructs, and the anomaly score is the small residual
-      between the two, so 8-bit noise on the encoder's features lands directly in the score; measured, the stem's
-      costs accuracy, the rest of the encoder's does not;
+    - with ``frozen_parameters``, the frozen encoder stays in floating point: its stem only (its first
+      ``stem_convolutions`` convolutions, :func:`encoder_stem_operations`, ``float_encoder="stem"``), all of it
+      (:func:`frozen_encoder_operations`, ``"all"``) or none of it (``"none"``). Its features are what the learned
+      part reconstructs, and the anomaly score is the small residual between the two, so 8-bit noise on the
+      encoder's features lands directly in the score; measured, the stem's costs accuracy, the rest of the
+      encoder's does not;
     - activations are quantized per tensor: NNCF otherwise puts per-channel quantizers in front of transposes
       in channels-last blocks (Omni-AD's), which OpenVINO's CPU plugin refuses to compile ("doesn't support non
       per-tensor quantization for axis: 2");
@@ -281,9 +285,10 @@ def quantization_settings(
         msg = f"float_encoder must be one of {FLOAT_ENCODER_PARTS}, got {float_encoder!r}."
         raise ValueError(msg)
     names = anomaly_map_operations(model)
-    if frozen_parameters is not None:
-        encoder = frozen_encoder_operations if float_encoder == "all" else encoder_stem_operations
-        names += encoder(model, frozen_parameters)
+    if frozen_parameters is not None and float_encoder == "all":
+        names += frozen_encoder_operations(model, frozen_parameters)
+    elif frozen_parameters is not None and float_encoder == "stem":
+        names += encoder_stem_operations(model, frozen_parameters, stem_convolutions)
     if ignored_scope is not None:
         names += list(ignored_scope.names)
         patterns, types, subgraphs = ignored_scope.patterns, ignored_scope.types, ignored_scope.subgraphs
@@ -307,7 +312,8 @@ def quantize_ptq(
     images_per_category: int | None = None,
     ignored_scope: Any = None,
     frozen_parameters: Iterable[str] | None = None,
-    float_encoder: str = "all",
+    float_encoder: str = "stem",
+    stem_convolutions: int = STEM_CONVOLUTIONS,
     **nncf_kwargs: Any,
 ) -> ov.Model:
     """Post-training INT8 quantization with calibration images from every category.
@@ -318,15 +324,17 @@ def quantize_ptq(
         images_per_category: Calibration images per category (default: the datamodule's
             ``calibration_images_per_category``, else :data:`DEFAULT_IMAGES_PER_CATEGORY`).
         ignored_scope: ``nncf.IgnoredScope`` of further operations to keep in floating point.
-        frozen_parameters: Names of the exported module's frozen parameters: their encoder stays in floating
-            point (``None``: quantize it too).
-        float_encoder: Which part of that encoder: ``"all"``, or ``"stem"`` (its first convolutions,
-            :func:`encoder_stem_operations`).
+        frozen_parameters: Names of the exported module's frozen parameters, which locate the frozen encoder
+            (``None``: no encoder is known, all of it is quantized).
+        float_encoder: Which part of that encoder stays in floating point: ``"stem"`` (its first
+            ``stem_convolutions`` convolutions, :func:`encoder_stem_operations`), ``"all"`` or ``"none"``.
+        stem_convolutions: How many convolutions the stem has.
         **nncf_kwargs: ``nncf.quantize`` arguments that replace :func:`quantization_settings`'s.
     """
     nncf = require_nncf()
     datamodule = _setup(datamodule, "INT8_PTQ")
     inputs = calibration_images(datamodule, images_per_category, _model_input_size(model))
-    settings = quantization_settings(model, ignored_scope, frozen_parameters, float_encoder) | nncf_kwargs
+    settings = quantization_settings(model, ignored_scope, frozen_parameters, float_encoder, stem_convolutions)
+    settings |= nncf_kwargs
     logger.info("INT8_PTQ: calibrating on %d images (every category).", len(inputs))
     return nncf.quantize(model, nncf.Dataset(inputs), subset_size=len(inputs), **settings)

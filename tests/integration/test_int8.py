@@ -17,6 +17,7 @@ from anomalib_multiclass.deploy.quantize import (
     encoder_stem_operations,
     float_compute_operations,
     frozen_encoder_operations,
+    quantization_settings,
     quantize_ptq,
 )
 from anomalib_multiclass.models import LGC, RLR, MintAD, OmniAD, UniAD
@@ -46,15 +47,17 @@ MODELS = {
 FLOAT_COMPUTE_OPS = {"UniAD": 4, "MintAD": 4, "RLR": 4, "OmniAD": 16, "LGC": 10}
 # INT8 - fp32 of the mean per-category image AUROC, this test's models, data and export over several training seeds,
 # measured by `python -m benchmarks.int8_tolerance --models <model> --seeds 0 1 2`:
-# - UniAD, MINT-AD, RLR, Omni-AD with the package code of commit 9c35101, the whole encoder in float (RLR, Omni-AD:
-#   seeds 0 1): UniAD +0.022 +0.044 +0.067, MintAD +0.011 +0.011 0.000, RLR -0.033 -0.033, Omni-AD -0.044 0.000;
-#   with the stem default (issue 27) each passes at the test's seed;
-# - LGC with the stem default: -0.089 0.000 -0.033 (the whole encoder in float: 0.000 +0.022). The tiny LGC at 64 px
-#   loses more to an INT8 encoder than the proxy's LGC, which stays within 0.5 point of fp32 on every category of
-#   the validation proxy (benchmarks/results/edge.md).
+# - UniAD, MINT-AD, RLR, Omni-AD with the stem default (issue 27; package code of 3b936aa): UniAD 0.000 +0.089
+#   +0.122, MintAD +0.022 +0.089 +0.033, RLR -0.056 -0.056 +0.011, Omni-AD -0.033 +0.022 +0.011 (before, with the
+#   whole encoder in float, at 9c35101: UniAD up to +0.067, MintAD +0.011, RLR -0.033, Omni-AD -0.044);
+# - LGC with the stem default: -0.089 0.000 -0.033 (the whole encoder in float: 0.000 +0.022).
+# These tiny models at 64 px rank the test images far from perfectly (fp32 AUROC 0.51-0.80 over the seeds): near-
+# tied scores that 8-bit noise reorders, in both directions. The proxy's models are the accuracy guard that means
+# something: there every model's default INT8 stays within 0.5 point of fp32 (mean) and 1 point (each category) on
+# the validation proxy (benchmarks/results/edge.md). Here the test catches an export that breaks the ranking outright.
 # Tolerance: each model's largest |difference| plus one swapped pair (8 images per category, 3 categories:
 # 1/15/3 = 0.022), rounded up to the next 0.01
-AUROC_TOLERANCE = {"UniAD": 0.09, "MintAD": 0.04, "RLR": 0.06, "OmniAD": 0.07, "LGC": 0.12}
+AUROC_TOLERANCE = {"UniAD": 0.15, "MintAD": 0.12, "RLR": 0.08, "OmniAD": 0.06, "LGC": 0.12}
 # Omni-AD after 2 epochs ranks the 64 px test images about at random (fp32 AUROC 0.42): near-tied scores that any
 # perturbation reorders; after 6 it ranks them (0.80), and INT8's AUROC comparison means something
 EPOCHS = {"OmniAD": 6}
@@ -149,7 +152,7 @@ def test_ptq_keeps_the_frozen_encoder_in_floating_point(synthetic_root):
     assert {convolution["self.encoder.0.weight"], convolution["self.encoder.2.weight"]} <= encoder
     assert convolution["self.decoder.weight"] not in encoder
     datamodule = _datamodule(synthetic_root)
-    kept = quantize_ptq(model.clone(), datamodule, images_per_category=2, frozen_parameters=frozen)
+    kept = quantize_ptq(model.clone(), datamodule, images_per_category=2, frozen_parameters=frozen, float_encoder="all")
     assert _quantized_convolutions(kept) == {convolution["self.decoder.weight"]}
     everything = quantize_ptq(model.clone(), datamodule, images_per_category=2)
     assert _quantized_convolutions(everything) == set(convolution.values())
@@ -178,13 +181,22 @@ def test_ptq_keeps_only_the_encoder_stem_in_floating_point_by_default(synthetic_
     assert {first, second} <= stem
     assert not {third, convolution["self.decoder.weight"]} & stem
     datamodule = _datamodule(synthetic_root)
-    quantized = quantize_ptq(
-        model.clone(), datamodule, images_per_category=2, frozen_parameters=frozen, float_encoder="stem"
-    )
+    quantized = quantize_ptq(model.clone(), datamodule, images_per_category=2, frozen_parameters=frozen)
     assert set(float_compute_operations(quantized)) == {first, second}
     assert _quantized_convolutions(quantized) == {third, convolution["self.decoder.weight"]}
+
+    def kept_in_float(**options) -> set[str]:
+        return set(quantization_settings(model, frozen_parameters=frozen, **options)["ignored_scope"].names)
+
+    assert kept_in_float() == kept_in_float(float_encoder="stem", stem_convolutions=2)
+    assert first in kept_in_float(stem_convolutions=1)
+    assert not {second, third} & kept_in_float(stem_convolutions=1)
+    assert {first, second, third} <= kept_in_float(float_encoder="all")
+    assert not {first, second, third} & kept_in_float(float_encoder="none")
     with pytest.raises(ValueError, match="float_encoder"):
         quantize_ptq(model.clone(), datamodule, images_per_category=2, frozen_parameters=frozen, float_encoder="half")
+    with pytest.raises(ValueError, match="stem_convolutions"):
+        kept_in_float(stem_convolutions=0)
 
 
 def test_weight_only_int8_needs_no_data():

@@ -31,6 +31,8 @@ class MultiClassExportMixin(ModuleBase):
     # two convolutions, on and next to the image: the layers whose INT8 costs accuracy, measured in the README's
     # "INT8 that pays"), "all" (slower) or "none" (the stem INT8 too: a category can lose 2 points of image AUROC)
     int8_float_encoder: str = "stem"
+    # how many convolutions that stem has (None: the package's, deploy.quantize.STEM_CONVOLUTIONS)
+    int8_stem_convolutions: int | None = None
     # CPU precision of the layers an INT8 export leaves in floating point, written into the export as its runtime
     # option INFERENCE_PRECISION_HINT (None: the plugin's default, bf16 on a CPU with AVX-512 BF16). OpenVINO's
     # compile_model does not apply it by itself (measured, OpenVINO 2026.4); MultiClassOpenVINOInferencer does.
@@ -109,9 +111,9 @@ class MultiClassExportMixin(ModuleBase):
     ) -> Any:
         """INT8 compression calibrated on images of every category (``anomalib_multiclass.deploy.quantize``).
 
-        The frozen encoder's stem stays in floating point (``int8_float_encoder``: "stem", "all" or "none"). The
-        graph rewrites of ``deploy/graph.py`` (dead softmax NaN guards, sines) come first: NNCF places its quantizers
-        on their graph.
+        The frozen encoder's stem stays in floating point (``int8_float_encoder``: "stem", "all" or "none";
+        ``int8_stem_convolutions``). The graph rewrites of ``deploy/graph.py`` (dead softmax NaN guards, sines) come
+        first: NNCF places its quantizers on their graph.
         """
         del task
         from anomalib_multiclass.deploy.compress import compress_openvino_model
@@ -119,19 +121,16 @@ class MultiClassExportMixin(ModuleBase):
 
         simplify(model)
 
-        part = self.int8_float_encoder
-        if part not in {"stem", "all", "none"}:
-            msg = f"int8_float_encoder must be 'stem', 'all' or 'none', got {part!r}."
-            raise ValueError(msg)
-        frozen = None if part == "none" else [name for name, p in self.named_parameters() if not p.requires_grad]
+        stem = {} if self.int8_stem_convolutions is None else {"stem_convolutions": self.int8_stem_convolutions}
         compressed = compress_openvino_model(
             model,
             compression_type,
             datamodule,
             metric=metric,
             max_drop=max_drop,
-            frozen_parameters=frozen,
-            float_encoder="all" if part == "none" else part,
+            frozen_parameters=[name for name, p in self.named_parameters() if not p.requires_grad],
+            float_encoder=self.int8_float_encoder,
+            **stem,
         )
         if self.int8_float_precision is not None and str(compression_type).lower().endswith(("int8_ptq", "int8_acq")):
             compressed.set_rt_info(self.int8_float_precision, ["runtime_options", "INFERENCE_PRECISION_HINT"])
