@@ -30,6 +30,23 @@ def test_edge_report_says_per_model_why_from_saved_results(tmp_path):
         assert "costliest layer type" in line
         assert "Tried: INT8, encoder " in line  # the variants other than the default
         assert "Previous run: default INT8" in line
+        if "**misses**" in line:  # what INT8 leaves untouched, from the counters
+            assert "with every INT8 layer free the layers' time would allow at most" in line
+
+
+def test_the_ceiling_of_a_missed_goal_comes_from_the_counters():
+    """Float layers' time bounds INT8's speed-up: fp32 layers' ms over the float layers' ms of the INT8 export."""
+    from benchmarks.edge import _ceiling
+
+    int8 = {"ms": 100.0, "ms_by_precision": {"int8": 40.0, "bf16": 50.0, "f32": 10.0}, "compute_ms": 30.0}
+    fp32 = {"ms": 240.0, "ms_by_precision": {"f32": 240.0}, "compute_ms": 180.0}
+    text = _ceiling(int8, fp32)
+    assert "Of its INT8 layers' 100 ms, 60 ms run in floating point" in text
+    assert "at most 4.00x fp32's 240 ms" in text
+    assert "Convolutions and matrix products take 30% of it" in text
+    assert "(fp32: 25%)" in text  # the share of the other layers in fp32
+    del int8["compute_ms"]  # counters of a run before compute_ms was recorded
+    assert "Convolutions" not in _ceiling(int8, fp32)
 
 
 def test_timing_in_fresh_processes_gives_each_process_ratio_and_the_verdict_their_median(tmp_path):
