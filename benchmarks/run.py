@@ -746,13 +746,19 @@ def changed_since(commit: str | None, paths: tuple[str, ...]) -> list[str] | Non
     return [*diff.stdout.split(), *new]
 
 
-def section_status(results: Path, section: str) -> tuple[str | None, list[str] | None]:
-    """A section's commit and the files its numbers depend on that changed since (``None``: cannot be told)."""
+def section_pathspec(section: str) -> tuple[str, ...]:
+    """The files a section's numbers depend on: the cells' code less export code for the sections that never export,
+    the whole result code for those that do, less the package's documentation in both, and the section's scripts."""
     from benchmarks.cells import CELL_PATHSPEC, RESULT_CODE
 
+    shared = CELL_PATHSPEC if section in NOT_EXPORTING else (*RESULT_CODE, ":(exclude,glob)anomalib_multiclass/**/*.md")
+    return (*shared, *SECTION_CODE[section])
+
+
+def section_status(results: Path, section: str) -> tuple[str | None, list[str] | None]:
+    """A section's commit and the files its numbers depend on that changed since (``None``: cannot be told)."""
     commit = fragment_commit(results, section)
-    shared = CELL_PATHSPEC if section in NOT_EXPORTING else RESULT_CODE
-    return commit, changed_since(commit, (*shared, *SECTION_CODE[section]))
+    return commit, changed_since(commit, section_pathspec(section))
 
 
 def stale_sections(results: Path, sections: list[str]) -> list[str]:

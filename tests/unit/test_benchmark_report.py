@@ -72,8 +72,8 @@ def test_the_curves_text_says_which_curve_still_rises():
 
 
 def test_provenance_marks_sections_from_other_code_stale(tmp_path):
-    from benchmarks.cells import CELL_PATHSPEC, RESULT_CODE, code_state
-    from benchmarks.run import NOT_EXPORTING, SECTION_CODE, SECTIONS, changed_since, provenance, stale_sections
+    from benchmarks.cells import code_state
+    from benchmarks.run import SECTIONS, changed_since, provenance, section_pathspec, stale_sections
 
     head = code_state().removesuffix("+dirty")
     # each section's JSON names its commit in its own place
@@ -89,12 +89,14 @@ def test_provenance_marks_sections_from_other_code_stale(tmp_path):
     for section in ("quality", "core", "edge", "scale"):
         assert f"| {head} |" in table[section]
         # at HEAD a section is fresh unless its code has uncommitted changes (then it is stale, and says so)
-        shared = CELL_PATHSPEC if section in NOT_EXPORTING else RESULT_CODE
-        fresh = changed_since(head, (*shared, *SECTION_CODE[section])) == []
+        fresh = changed_since(head, section_pathspec(section)) == []
         assert table[section].endswith("| yes |") if fresh else "**stale**" in table[section], table[section]
         assert (section in stale_sections(tmp_path, list(SECTIONS))) is not fresh  # what `--stale` reruns
     assert {"bf16", "lgc_claim"} <= set(stale_sections(tmp_path, list(SECTIONS)))
     assert changed_since(f"{head}+dirty", ("anomalib_multiclass",)) is None
+    # documentation never changes a number: a model's README.md stales no section
+    for section in SECTIONS:
+        assert ":(exclude,glob)anomalib_multiclass/**/*.md" in section_pathspec(section), section
 
 
 def test_the_kept_work_folder_reaches_the_quality_runs(tmp_path):
