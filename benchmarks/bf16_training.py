@@ -31,8 +31,9 @@ from typing import Any
 
 import torch
 
+from benchmarks.cells import code_commit
 from benchmarks.common import OUR_MODELS, SIZES, proxy_datamodule
-from benchmarks.edge import code_commit, machine_info
+from benchmarks.edge import machine_info
 from benchmarks.proxy import our_model
 from benchmarks.stats import Comparison, paired_t_test
 

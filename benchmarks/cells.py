@@ -1,13 +1,15 @@
-"""The quality section's runs ("cells": proxy, row, seed), their datasets, and when a saved outcome is reused.
+"""The quality section's runs ("cells": proxy, row, seed), their datasets, when a saved outcome is reused, and the
+commit a benchmark's numbers come from.
 
 A cell is one ``anomalib train`` (or ``anomalib-multiclass separate``) command run in a worker process. Its outcome
 is saved as JSON with its command, the commit it ran at and the library versions (the store is committed under
 ``benchmarks/results/quality_cells/<size>/``, so a run that needs more hours than one session continues in the next).
 A saved outcome is reused only when its command is the same, its library versions are the same, and the code that
-determines a result (:data:`RESULT_CODE`: the package, the proxy commands, the dataset generator, this module) is
-unchanged between its commit and the working tree (``git diff --quiet <commit> -- RESULT_CODE``, less
-:data:`NOT_RUN_BY_CELLS`: export code and documentation). Rendering and reporting code may change without rerunning
-hours of training; anything that can change a number cannot.
+determines its result is unchanged between its commit and the working tree (``git diff --quiet <commit> --
+<pathspec>``, :func:`cell_pathspec`): :data:`RESULT_CODE` (the package, the proxy commands, the dataset generator,
+this module) less :data:`NOT_RUN_BY_CELLS` (export code and documentation) and less the other models' own code (a
+change to RLR reruns RLR's cells, not UniAD's). Rendering and reporting code may change without rerunning hours of
+training; anything that can change a number cannot.
 """
 
 from __future__ import annotations
@@ -40,11 +42,28 @@ RESULT_CODE = (
 )  # fmt: skip
 # what a cell never runs (``anomalib train`` fits and tests; it does not export, and these modules are imported only
 # by the export methods) and documentation: changing them leaves the saved cells standing
+DOCUMENTATION = "anomalib_multiclass/**/*.md"
 NOT_RUN_BY_CELLS = (
     "anomalib_multiclass/deploy", "anomalib_multiclass/models/components/multiclass_export.py",
-    "anomalib_multiclass/**/*.md",
+    DOCUMENTATION,
 )  # fmt: skip
 CELL_PATHSPEC = (*RESULT_CODE, *(f":(exclude,glob){path}" for path in NOT_RUN_BY_CELLS))
+# each of our models' own code: its directory under anomalib_multiclass/models and its configs/*<folder>*.yaml
+# (no model imports another model's directory: tests/unit/test_architecture.py)
+MODEL_FOLDERS = {"UniAD": "uniad", "MintAD": "mint_ad", "RLR": "rlr", "OmniAD": "omni_ad", "LGC": "lgc"}
+# what a section's numbers are computed by: uncommitted changes here make the recorded commit "<commit>+dirty"
+NUMBER_CODE = ("anomalib_multiclass", "configs", "pyproject.toml", "benchmarks")
+
+
+def cell_pathspec(model: str | None) -> tuple[str, ...]:
+    """The files the numbers of a run of ``model`` depend on: :data:`CELL_PATHSPEC` less the other models' own code
+    (``None``: anomalib's baselines, which run none of our models)."""
+    if model is not None and model not in MODEL_FOLDERS:
+        msg = f"Unknown model {model!r}; cells know {sorted(MODEL_FOLDERS)}."
+        raise ValueError(msg)
+    others = [folder for name, folder in MODEL_FOLDERS.items() if name != model]
+    excluded = [f"anomalib_multiclass/models/{folder}" for folder in others] + [f"configs/*{f}*" for f in others]
+    return (*CELL_PATHSPEC, *(f":(exclude,glob){path}" for path in excluded))
 
 
 def proxy_categories(proxy: str, cfg: dict[str, Any]) -> list[str]:
@@ -83,6 +102,7 @@ class Cell:
     program: str
     args: tuple[str, ...]
     curve: str | None = None
+    model: str | None = None  # which of our models it runs (None: an anomalib baseline): what it depends on
 
     @property
     def key(self) -> str:
@@ -99,29 +119,36 @@ def _folder(label: str) -> str:
     return "_".join("".join(ch if ch.isalnum() or ch == "." else " " for ch in label).split())
 
 
-def code_state() -> str:
-    """The commit the cells run at, with ``+dirty`` when tracked files differ from it."""
+def code_commit(repository: Path | None = None, paths: tuple[str, ...] = NUMBER_CODE) -> str:
+    """The checked-out commit the numbers come from, ``<commit>+dirty`` when tracked files of ``paths`` (the
+    package, configs and benchmark code; not the results a run writes) differ from it, ``unknown`` outside a git
+    checkout. The provenance table counts a dirty commit as stale and no saved cell of one is reused: its code cannot
+    be recovered."""
+    repository = repository or REPOSITORY
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repository, capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPOSITORY,
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *paths, ":(exclude)benchmarks/results"],
+            cwd=repository, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
-        return "unknown+dirty"
-    return f"{commit}+dirty" if dirty else commit
+        return "unknown"
+    return f"{commit}+dirty" if changed else commit
 
 
 @functools.cache
-def result_code_unchanged_since(commit: str) -> bool:
-    """Whether every path of :data:`RESULT_CODE` in the working tree is as it was at ``commit`` (False when the commit
-    is unknown here, e.g. in a shallow clone, or was dirty)."""
-    if not commit or commit.endswith("dirty"):
+def result_code_unchanged_since(commit: str, pathspec: tuple[str, ...] | None = None) -> bool:
+    """Whether every file of ``pathspec`` (default :data:`CELL_PATHSPEC`) in the working tree is as it was at
+    ``commit`` (False when the commit is unknown here, e.g. in a shallow clone, or was dirty)."""
+    if not commit or commit.endswith("dirty") or commit == "unknown":
         return False
+    pathspec = pathspec or CELL_PATHSPEC
     try:
-        diff = subprocess.run(["git", "diff", "--quiet", commit, "--", *CELL_PATHSPEC], cwd=REPOSITORY,
+        diff = subprocess.run(["git", "diff", "--quiet", commit, "--", *pathspec], cwd=REPOSITORY,
                               capture_output=True, check=False)  # fmt: skip
-        new_files = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", *CELL_PATHSPEC],
+        new_files = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", *pathspec],
                                    cwd=REPOSITORY, capture_output=True, text=True, check=False)  # fmt: skip
     except OSError:
         return False
@@ -140,9 +167,11 @@ def library_versions() -> dict[str, str]:
 
 
 def reusable(record: dict[str, Any], cell: Cell, versions: dict[str, str]) -> bool:
-    """A saved outcome stands for ``cell`` now: same command, same libraries, result-determining code unchanged."""
+    """A saved outcome stands for ``cell`` now: same command, same libraries, the code its result depends on
+    (:func:`cell_pathspec` of its model) unchanged."""
     same_run = record.get("args") == list(cell.args) and record.get("versions") == versions
-    return same_run and "error" not in record and result_code_unchanged_since(record.get("code", ""))
+    unchanged = result_code_unchanged_since(record.get("code", ""), cell_pathspec(cell.model))
+    return same_run and "error" not in record and unchanged
 
 
 def _run_cell(cell: Cell, log_path: str, threads: int) -> dict[str, Any]:
@@ -185,7 +214,7 @@ def run_cells(
     """Every cell's outcome: reused from ``store`` (default ``work/cells``) when :func:`reusable`, else run (``jobs``
     at once, each on ``cpus // jobs`` threads) and saved there."""
     store = store or work / "cells"
-    state, versions = code_state(), library_versions()
+    state, versions = code_commit(), library_versions()
     outcomes: dict[Cell, dict[str, Any]] = {}
     todo = []
     for cell in cells:

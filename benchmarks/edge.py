@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.cells import code_commit
 from benchmarks.common import (
     OUR_MODELS,
     SIZES,
@@ -547,30 +548,6 @@ def machine_info() -> dict[str, Any]:
         "nncf": _nncf_version(), "precision": precision, "commit": code_commit(),
         "load average at start": os.getloadavg()[0],
     }  # fmt: skip
-
-
-# what a section's numbers are computed by: uncommitted changes here make the recorded commit "<commit>+dirty"
-NUMBER_CODE = ("anomalib_multiclass", "configs", "pyproject.toml", "benchmarks")
-
-
-def code_commit(repository: Path | None = None, paths: tuple[str, ...] = NUMBER_CODE) -> str:
-    """The checked-out commit the numbers come from, ``<commit>+dirty`` when tracked files of ``paths`` (the
-    package, configs and benchmark code; not the results a run writes) differ from it, ``unknown`` outside a git
-    checkout. The provenance table counts a dirty commit as stale: its code cannot be recovered."""
-    import subprocess
-
-    repository = repository or Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=repository, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", *paths, ":(exclude)benchmarks/results"],
-            cwd=repository, capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{commit}+dirty" if changed else commit
 
 
 def _load_text(machine: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.cells import code_commit
 from benchmarks.common import (
     SIZES,
     Row,
@@ -33,7 +34,6 @@ from benchmarks.common import (
     proxy_datamodule,
     table,
 )
-from benchmarks.edge import code_commit
 from benchmarks.proxy import our_model, proxy_input
 from benchmarks.quality import row_variants
 from benchmarks.stats import mean_std, paired_t_test

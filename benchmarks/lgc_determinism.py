@@ -1,10 +1,11 @@
-"""Whether one seed fixes an LGC fit, and what breaks it on more than one CPU thread (known defect, LGC README).
+"""Whether one seed fixes an LGC fit on more than one CPU thread, and what broke it before (LGC README, "Repeatable
+fits on several CPU threads").
 
     python -m benchmarks.lgc_determinism [--epochs 1]
 
 1. The backward pass of the two ways to take each image's negative view, repeated 30 times on a (8, 64, 1024) tensor
-   with repeated partners: advanced indexing (``x[partner]``, what ``LocalContrastiveLoss`` does) against
-   ``index_select``. Prints whether all 30 gradients are identical.
+   with repeated partners: advanced indexing (``x[partner]``, what ``LocalContrastiveLoss`` did until the fix) against
+   ``index_select`` (what it does now). Prints whether all 30 gradients are identical.
 2. The core benchmark's all-in-all LGC (128 px, ``benchmarks.common.all_in_all_data``), seed 0, fitted twice in
    fresh processes for each setting: 2 threads, 1 thread, 2 threads with ``torch.use_deterministic_algorithms``.
    Prints a hash of the weights of each fit: one seed fixes the fit where the two hashes agree.

@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cells import (
+    MODEL_FOLDERS,
     NOT_RUN_BY_CELLS,
     PROXIES,
     RESULT_CODE,
     Cell,
     _folder,
-    code_state,
+    code_commit,
     make_proxy,
     proxy_categories,
     run_cells,
@@ -82,7 +83,7 @@ def tuning_cells(cfg: dict[str, Any], work: Path) -> list[Cell]:
             curve = work / "curves" / f"{_folder(label)}.json"
             arguments = model_arguments(name, cfg, lr=lr)
             args = train_arguments(name, data_root, root, grid["max_epochs"], arguments, grid["val_every"], curve)
-            cells.append(Cell("validation", label, 0, "anomalib train", tuple(args), str(curve)))
+            cells.append(Cell("validation", label, 0, "anomalib train", tuple(args), str(curve), model=name))
     return cells
 
 
@@ -184,7 +185,7 @@ def test_cells(cfg: dict[str, Any], proxy: str, tuning: Tuning, models: Iterable
                 root = work / "runs" / proxy / f"{_folder(label)}_seed{seed}"
                 arguments = model_arguments(name, cfg, lr=recipe["lr"], **overrides)
                 args = train_arguments(name, data_root, root, recipe["epochs"], arguments, seed=seed)
-                cells.append(Cell(proxy, label, seed, "anomalib train", tuple(args)))
+                cells.append(Cell(proxy, label, seed, "anomalib train", tuple(args), model=name))
     return cells
 
 
@@ -327,10 +328,11 @@ def run_quality(
     proxies = {proxy: collect(cfg, proxy, tuning, outcomes, work) for proxy in ("test", "heldout")}
     every = [*tuned.values(), *outcomes.values()]
     return {
-        "code": code_state(),
+        "code": code_commit(),
         "cell_commits": sorted({outcome["code"] for outcome in every}),
         "result_code": list(RESULT_CODE),
         "not_run_by_cells": list(NOT_RUN_BY_CELLS),
+        "model_folders": dict(MODEL_FOLDERS),
         "run_minutes": sum(outcome.get("seconds", 0.0) for outcome in every) / 60,
         "seeds": list(cfg["seeds"]),
         "jobs": jobs,
@@ -399,6 +401,11 @@ def _provenance(record: dict[str, Any], minutes: float) -> str:
         return f"{minutes:.1f} minutes"
     paths = ", ".join(f"`{path}`" for path in record.get("result_code", []))
     paths += "; not " + ", ".join(f"`{path}`" for path in record.get("not_run_by_cells", []))
+    if record.get("model_folders"):  # since the cells depend on their own model's code only
+        paths += (
+            "; for a run of one of our models, not the other models' own code"
+            " (`anomalib_multiclass/models/<model>`, `configs/*<model>*`)"
+        )
     return (
         f"runs at commit(s) {', '.join(commits)}, the code that determines a result ({paths}) unchanged from them "
         f"to {record['code']}; {record.get('run_minutes', minutes):.0f} minutes of run time in all, "

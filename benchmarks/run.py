@@ -534,7 +534,7 @@ def _command_of(row: dict[str, Any], record: dict[str, Any]) -> str | None:
 
 def run_record(command: str, size: str, minutes: float, tables: dict[str, list[Row]], **extra: Any) -> dict[str, Any]:
     """What the JSON beside the markdown holds: the command, the commit, every table's rows, and ``extra``."""
-    from benchmarks.edge import code_commit
+    from benchmarks.cells import code_commit
 
     return {
         "command": command,
@@ -716,6 +716,8 @@ SECTION_CODE = {
 }
 # the sections whose runs never export a model: the export code (and documentation) cannot change their numbers
 NOT_EXPORTING = ("quality", "bf16", "lgc_claim", "scale")
+# the sections that run one of our models only (and never export): the other models' code cannot change their numbers
+ONE_MODEL = {"lgc_claim": "LGC"}
 JSON_OF = {"quality": "quality.json", "core": "core.json", "bf16": "bf16_training.json", "edge": "edge.json",
            "lgc_claim": "lgc_claim.json", "scale": "scale.json"}  # fmt: skip
 
@@ -747,11 +749,17 @@ def changed_since(commit: str | None, paths: tuple[str, ...]) -> list[str] | Non
 
 
 def section_pathspec(section: str) -> tuple[str, ...]:
-    """The files a section's numbers depend on: the cells' code less export code for the sections that never export,
-    the whole result code for those that do, less the package's documentation in both, and the section's scripts."""
-    from benchmarks.cells import CELL_PATHSPEC, RESULT_CODE
+    """The files a section's numbers depend on: the cells' code less export code for the sections that never export
+    (less the other models' own code for a section of one model), the whole result code for those that do, less the
+    package's documentation in both, and the section's scripts."""
+    from benchmarks.cells import CELL_PATHSPEC, DOCUMENTATION, RESULT_CODE, cell_pathspec
 
-    shared = CELL_PATHSPEC if section in NOT_EXPORTING else (*RESULT_CODE, ":(exclude,glob)anomalib_multiclass/**/*.md")
+    if section in ONE_MODEL:
+        shared = cell_pathspec(ONE_MODEL[section])
+    elif section in NOT_EXPORTING:
+        shared = CELL_PATHSPEC
+    else:
+        shared = (*RESULT_CODE, f":(exclude,glob){DOCUMENTATION}")
     return (*shared, *SECTION_CODE[section])
 
 
@@ -769,9 +777,9 @@ def stale_sections(results: Path, sections: list[str]) -> list[str]:
 def provenance(results: Path) -> str:
     """A table: each section's commit, and whether the code its numbers depend on is the same at this commit
     (then the section stands for this commit; else it is stale and says which files changed)."""
-    from benchmarks.cells import code_state
+    from benchmarks.cells import code_commit
 
-    head = f"| section | numbers from commit | code they depend on, unchanged to {code_state()}? |"
+    head = f"| section | numbers from commit | code they depend on, unchanged to {code_commit()}? |"
     lines = [head, "|---|---|---|"]
     for section in SECTIONS:
         commit, changed = section_status(results, section)
@@ -806,8 +814,9 @@ commit; `--sections quality core ...` regenerates some. Do not edit by hand. Mac
 Which commit each section's numbers come from. A section computed at an earlier commit stands for this one only when
 none of the code its numbers depend on changed since (the package, `configs/`, `pyproject.toml`, the shared benchmark
 modules `cells.py`, `proxy.py`, `common.py`, `curves.py`, and the section's own scripts; for the sections whose runs
-never export, {", ".join(NOT_EXPORTING)}, not the export code nor documentation; `git diff` decides, at rendering
-time):
+never export, {", ".join(NOT_EXPORTING)}, not the export code nor documentation, and for those of one model,
+{", ".join(ONE_MODEL)}, not the other models' own code; the quality section's runs are checked one by one, each
+against its own model's code; `git diff` decides, at rendering time):
 
 {provenance(results)}
 

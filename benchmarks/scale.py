@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.render:
         payload = json.loads(json_path.read_text())
     else:
-        from benchmarks.edge import code_commit
+        from benchmarks.cells import code_commit
 
         started = time.perf_counter()
         payload = {

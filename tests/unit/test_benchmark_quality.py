@@ -3,6 +3,7 @@
 import copy
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -89,7 +90,7 @@ def test_rows_are_mean_and_std_over_seeds_and_judged_against_patchcore(tmp_path)
 def test_saved_cells_are_reused_only_while_the_result_code_is_unchanged(tmp_path, monkeypatch):
     from benchmarks import cells
 
-    head = cells.code_state().removesuffix("+dirty")
+    head = cells.code_commit().removesuffix("+dirty")
     cell = Cell("test", "UniAD", 0, "anomalib train", ("--model", "UniAD"))
     saved = tmp_path / "store" / cell.key
     saved.parent.mkdir(parents=True)
@@ -137,6 +138,57 @@ def test_the_result_code_check_sees_edits_new_files_and_unknown_commits(tmp_path
     (tmp_path / "pkg" / "model.py").write_text("WIDTH = 2\n")
     assert not unchanged()
     assert not cells.result_code_unchanged_since("0000000")  # a commit this clone does not know
+    cells.result_code_unchanged_since.cache_clear()
+
+
+def test_a_cell_depends_on_its_own_models_code_and_the_shared_code_only(tmp_path, monkeypatch):
+    from benchmarks import cells
+    from benchmarks.common import OUR_MODELS
+
+    models = Path(cells.REPOSITORY) / "anomalib_multiclass" / "models"
+    folders = {path.name for path in models.iterdir() if path.is_dir() and not path.name.startswith("_")}
+    assert set(cells.MODEL_FOLDERS.values()) == folders - {"components"}
+    assert set(cells.MODEL_FOLDERS) == set(OUR_MODELS)
+    with pytest.raises(ValueError, match="Unknown model 'PaDiM'"):
+        cells.cell_pathspec("PaDiM")
+
+    def git(*args: str) -> str:
+        command = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    files = {
+        "rlr": "anomalib_multiclass/models/rlr/torch_model.py",
+        "rlr config": "configs/rlr_visa.yaml",
+        "lgc": "anomalib_multiclass/models/lgc/loss.py",
+        "shared": "anomalib_multiclass/models/components/attention.py",
+    }
+    for path in files.values():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("0\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    commit = git("rev-parse", "--short", "HEAD")
+    monkeypatch.setattr(cells, "REPOSITORY", tmp_path)
+
+    def standing() -> set[str | None]:
+        cells.result_code_unchanged_since.cache_clear()
+        return {
+            model
+            for model in ("RLR", "LGC", None)
+            if cells.result_code_unchanged_since(commit, cells.cell_pathspec(model))
+        }
+
+    assert standing() == {"RLR", "LGC", None}
+    for changed, still in (
+        ("rlr", {"LGC", None}),
+        ("rlr config", {"LGC", None}),
+        ("lgc", {"RLR", None}),
+        ("shared", set()),
+    ):
+        (tmp_path / files[changed]).write_text("1\n")
+        assert standing() == still, changed
+        git("checkout", "--", ".")
     cells.result_code_unchanged_since.cache_clear()
 
 

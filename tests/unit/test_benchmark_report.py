@@ -72,10 +72,10 @@ def test_the_curves_text_says_which_curve_still_rises():
 
 
 def test_provenance_marks_sections_from_other_code_stale(tmp_path):
-    from benchmarks.cells import code_state
+    from benchmarks.cells import code_commit
     from benchmarks.run import SECTIONS, changed_since, provenance, section_pathspec, stale_sections
 
-    head = code_state().removesuffix("+dirty")
+    head = code_commit().removesuffix("+dirty")
     # each section's JSON names its commit in its own place
     records = {"quality.json": {"code": head}, "core.json": {"commit": head},
                "edge.json": {"machine": {"commit": head}}, "bf16_training.json": {"machine": {"commit": "0000000"}},
@@ -113,7 +113,7 @@ def test_the_kept_work_folder_reaches_the_quality_runs(tmp_path):
 def test_a_section_run_from_uncommitted_code_records_a_dirty_commit(tmp_path):
     import subprocess
 
-    from benchmarks.edge import code_commit
+    from benchmarks.cells import code_commit
 
     def git(*args):
         return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout

@@ -416,3 +416,26 @@ def test_bfloat16_autocast_training_step_and_forward():
             prediction = model(images).anomaly_map.float()
     assert torch.isfinite(prediction).all()
     assert torch.corrcoef(torch.stack([prediction.flatten(), reference.flatten()]))[0, 1] > 0.9
+
+
+def test_local_loss_gradients_repeat_exactly_on_two_threads():
+    """Regression: the negative view taken by advanced indexing had a backward with unordered atomic additions on a
+    multi-threaded CPU (above 32768 elements), so one seed gave different fits; index_select's backward is ordered."""
+    generator = torch.Generator().manual_seed(0)
+    p = [torch.randn(8, 64, 32, 32, generator=generator)]
+    p_view = torch.randn(8, 64, 32, 32, generator=generator)
+    e = [torch.randn(8, 8, 32, 32, generator=generator)]
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 0, 1])  # seven images all take image 7's view as their negative
+    partner = torch.tensor([7, 7, 7, 7, 7, 7, 7, 0])
+    loss_fn = LocalContrastiveLoss(window=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gradients = []
+        for _ in range(10):
+            view = p_view.clone().requires_grad_(True)
+            loss_fn(p, [view], e, e, labels, negatives=(partner, torch.ones(8, dtype=torch.bool))).backward()
+            gradients.append(view.grad)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(gradients[0], gradient) for gradient in gradients[1:])

@@ -95,7 +95,9 @@ class LocalContrastiveLoss(nn.Module):
             p_view = F.normalize(p_view.flatten(2), dim=1)
             matched = torch.gather(p_view, 2, match.unsqueeze(1).expand(-1, p_view.shape[1], -1))
             positive = (p * matched).sum(dim=1) / self.temperature  # (B, N)
-            negative = (p * p_view[partner]).sum(dim=1) / self.temperature
+            # index_select, not p_view[partner]: its backward (index_add_) is ordered, advanced indexing's
+            # (index_put_ with accumulate) adds in thread order on a multi-threaded CPU: fits would not repeat
+            negative = (p * p_view.index_select(0, partner)).sum(dim=1) / self.temperature
             loss = torch.logsumexp(torch.stack([positive, negative]), dim=0) - positive
             losses.append(loss[valid].mean())
         return torch.stack(losses).mean()

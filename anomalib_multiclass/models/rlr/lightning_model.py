@@ -73,11 +73,6 @@ class RLR(MultiClassMixin, FeatureCacheMixin, AnomalibModule):
         >>> Engine(max_epochs=200).fit(RLR(), datamodule=datamodule)  # doctest: +SKIP
     """
 
-    # INT8 export: its float layers (dense masked local attention at the 1/4 map) run slower in bf16 than in f32, the
-    # score-sized Add/Where subgraphs and their bf16 reorders: 0.73x / 0.57x fp32 against 1.18x / 1.24x with the float
-    # rest in f32, same AUROC (batch 1 / 32, benchmarks/results/edge_blur/edge.md)
-    int8_float_precision = "f32"
-
     def __init__(
         self,
         backbone: str = "tf_efficientnet_b6.aa_in1k",
