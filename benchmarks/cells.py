@@ -166,10 +166,16 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def reusable(record: dict[str, Any], cell: Cell, versions: dict[str, str]) -> bool:
-    """A saved outcome stands for ``cell`` now: same command, same libraries, the code its result depends on
-    (:func:`cell_pathspec` of its model) unchanged."""
-    same_run = record.get("args") == list(cell.args) and record.get("versions") == versions
+def _in_work(args: list[str] | tuple[str, ...], work: str | None) -> list[str]:
+    """A cell's arguments with its work folder written ``<work>``: the same command in another work folder."""
+    return [arg.replace(work, "<work>") for arg in args] if work else list(args)
+
+
+def reusable(record: dict[str, Any], cell: Cell, versions: dict[str, str], work: Path | None = None) -> bool:
+    """A saved outcome stands for ``cell`` now: same command (in any work folder), same libraries, the code its
+    result depends on (:func:`cell_pathspec` of its model) unchanged."""
+    saved = _in_work(record.get("args", []), record.get("work"))
+    same_run = saved == _in_work(cell.args, str(work) if work else None) and record.get("versions") == versions
     unchanged = result_code_unchanged_since(record.get("code", ""), cell_pathspec(cell.model))
     return same_run and "error" not in record and unchanged
 
@@ -219,7 +225,7 @@ def run_cells(
     todo = []
     for cell in cells:
         saved = store / cell.key
-        if saved.exists() and reusable(record := json.loads(saved.read_text()), cell, versions):
+        if saved.exists() and reusable(record := json.loads(saved.read_text()), cell, versions, work):
             outcomes[cell] = record
             continue
         todo.append(cell)
@@ -229,7 +235,8 @@ def run_cells(
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
 
     def finished(cell: Cell, outcome: dict[str, Any], count: int) -> None:
-        outcome |= {"code": state, "args": list(cell.args), "versions": versions, "threads": threads, "jobs": jobs}
+        outcome |= {"code": state, "args": list(cell.args), "work": str(work), "versions": versions,
+                    "threads": threads, "jobs": jobs}  # fmt: skip
         saved = store / cell.key
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(outcome, indent=1))

@@ -105,6 +105,25 @@ def test_saved_cells_are_reused_only_while_the_result_code_is_unchanged(tmp_path
         assert run_cells([cell], tmp_path, 1, print, tmp_path / "store")[cell]["error"] == "ran", changed
 
 
+def test_a_saved_cell_is_reused_from_another_work_folder(tmp_path, monkeypatch):
+    from benchmarks import cells
+
+    head = cells.code_commit().removesuffix("+dirty")
+    monkeypatch.setattr(cells, "result_code_unchanged_since", lambda *_: True)  # the code check has its own tests
+    cell = Cell("test", "UniAD", 0, "anomalib train", ("--data.root", f"{tmp_path}/proxy_test"), model="UniAD")
+    record = {"code": head, "args": ["--data.root", "/elsewhere/proxy_test"], "work": "/elsewhere",
+              "versions": cells.library_versions(), "results": {}, "seconds": 1}  # fmt: skip
+    saved = tmp_path / "store" / cell.key
+    saved.parent.mkdir(parents=True)
+    saved.write_text(json.dumps(record))
+    monkeypatch.setattr(cells, "_run_cell", lambda *_: {"error": "ran"})
+    assert run_cells([cell], tmp_path, 1, print, tmp_path / "store")[cell].get("seconds") == 1
+    saved.write_text(json.dumps(record | {"args": ["--data.root", "/elsewhere/proxy_validation"]}))
+    outcome = run_cells([cell], tmp_path, 1, print, tmp_path / "store")[cell]
+    assert outcome["error"] == "ran"
+    assert json.loads(saved.read_text())["work"] == str(tmp_path)  # what the next reuse compares against
+
+
 def test_the_result_code_check_sees_edits_new_files_and_unknown_commits(tmp_path, monkeypatch):
     from benchmarks import cells
 
